@@ -1,0 +1,304 @@
+"""The model against stock `transformers.GPT2LMHeadModel`, the independent reference."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT, tiny_config
+from huggingface_hub.errors import StrictDataclassError
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from configuration import GPT2ScratchConfig
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+
+
+@pytest.fixture
+def stock():
+    """A stock GPT-2 with random, non-symmetric weights and non-default sizes."""
+    cfg = tiny_config()
+    config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=100, eos_token_id=100,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # biases and LayerNorms away from their init, so every tensor matters
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model
+
+
+@pytest.fixture
+def ours(stock):
+    return GPT2ScratchForCausalLM.from_gpt2(stock).eval()
+
+
+def tokens(batch=3, length=17, vocab=101):
+    return torch.randint(0, vocab, (batch, length))
+
+
+def test_parameter_names_match_gpt2(stock, ours):
+    assert set(ours.state_dict()) == set(stock.state_dict())
+    assert ours.transformer.wte.weight.shape[0] == 128  # 101 padded to a multiple of 64
+    assert ours.lm_head.weight is ours.transformer.wte.weight
+
+
+def test_logits_and_loss_match_stock(stock, ours):
+    x = tokens()
+    with torch.no_grad():
+        ours_out = ours(x, labels=x, return_logits=True)
+        stock_out = stock(x, labels=x)
+    assert ours_out.logits.shape == (3, 17, 101)
+    torch.testing.assert_close(ours_out.logits, stock_out.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_out.loss, stock_out.loss, atol=1e-5, rtol=1e-5)
+    labels = x.clone()
+    labels[:, :5] = -100
+    torch.testing.assert_close(ours(x, labels=labels).loss, stock(x, labels=labels).loss, atol=1e-5, rtol=1e-5)
+
+
+def test_shift_labels_are_taken_as_aligned(ours):
+    row = tokens(2, 18)
+    inputs, targets = row[:, :-1], row[:, 1:]
+    aligned = ours(inputs, shift_labels=targets).loss
+    logits = ours(inputs).logits
+    expected = F.cross_entropy(logits.reshape(-1, 101), targets.reshape(-1))
+    torch.testing.assert_close(aligned, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_loss_gradients_match_naive_cross_entropy(ours):
+    ours.train()
+    x = tokens(4, 20)  # 80 tokens, chunks of 13: the last chunk is partial
+    labels = x.clone()
+    labels[0, :7] = -100
+    ours(x, labels=labels).loss.backward()
+    fused = {name: p.grad.clone() for name, p in ours.named_parameters()}
+    ours.zero_grad()
+    logits = ours(x).logits
+    F.cross_entropy(logits[:, :-1].reshape(-1, 101), labels[:, 1:].reshape(-1)).backward()
+    for name, param in ours.named_parameters():
+        torch.testing.assert_close(fused[name], param.grad, atol=1e-6, rtol=1e-5, msg=name)
+    assert ours.transformer.wte.weight.grad[101:].abs().max() == 0  # padding rows are never targets
+
+
+def test_attention_mask_path_matches_stock_on_padded_batch(stock, ours):
+    x = tokens(3, 12)
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0  # left padding
+    mask[1, -3:] = 0  # right padding
+    with torch.no_grad():
+        ours_logits = ours(x, attention_mask=mask).logits
+        stock_logits = stock(x, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(ours_logits[real], stock_logits[real], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(ours_logits).all()
+
+
+def test_greedy_generation_matches_stock_with_and_without_cache(stock, ours):
+    prompt = tokens(1, 6)
+    kwargs = dict(max_new_tokens=25, do_sample=False, pad_token_id=100)
+    cached = ours.generate(prompt, use_cache=True, **kwargs)
+    uncached = ours.generate(prompt, use_cache=False, **kwargs)
+    reference = stock.generate(prompt, **kwargs)
+    assert cached.shape[1] == 31
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, reference)
+
+
+def test_greedy_generation_of_left_padded_batch_matches_stock(stock, ours):
+    prompts = tokens(2, 8)
+    mask = torch.ones_like(prompts)
+    mask[1, :3] = 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=100)
+    assert torch.equal(ours.generate(prompts, **kwargs), stock.generate(prompts, **kwargs))
+
+
+def save_openai_layout(stock, path, with_prefix, with_mask_buffers):
+    """Write a checkpoint as OpenAI's are stored: Conv1D weights, no lm_head, maybe no prefix, old buffers."""
+    state = {}
+    for name, tensor in stock.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        state[name if with_prefix else name.removeprefix("transformer.")] = tensor.contiguous()
+    if with_mask_buffers:
+        n = stock.config.n_positions
+        for i in range(stock.config.n_layer):
+            prefix = "transformer." if with_prefix else ""
+            state[f"{prefix}h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+    path.mkdir()
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    stock.config.save_pretrained(path)
+
+
+@pytest.mark.parametrize("with_prefix,with_mask_buffers", [(False, True), (True, False), (False, False)])
+def test_loads_openai_checkpoint_layouts(stock, tmp_path, with_prefix, with_mask_buffers):
+    save_openai_layout(stock, tmp_path / "ckpt", with_prefix, with_mask_buffers)
+    loaded = GPT2ScratchForCausalLM.from_pretrained(tmp_path / "ckpt")
+    # Square c_proj matrices load "fine" untransposed; only their values can tell.
+    square = loaded.transformer.h[1].attn.c_proj.weight
+    torch.testing.assert_close(square, stock.transformer.h[1].attn.c_proj.weight.t())
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, stock(x).logits, atol=1e-4, rtol=0)
+
+
+def test_incomplete_gpt2_checkpoint_is_refused(stock, tmp_path):
+    save_openai_layout(stock, tmp_path / "ckpt", with_prefix=True, with_mask_buffers=False)
+    from safetensors.torch import load_file
+
+    state = load_file(tmp_path / "ckpt" / "model.safetensors")
+    del state["transformer.h.0.mlp.c_fc.bias"]
+    save_file(state, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="h.0.mlp.c_fc.bias"):
+        GPT2ScratchForCausalLM.from_pretrained(tmp_path / "ckpt")
+
+
+def test_save_load_keeps_tied_weights_and_outputs(ours, tmp_path):
+    ours.save_pretrained(tmp_path / "ours")
+    loaded = GPT2ScratchForCausalLM.from_pretrained(tmp_path / "ours")
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, ours(x).logits, atol=0, rtol=0)
+
+
+def test_remote_code_load_in_fresh_process(ours, tmp_path):
+    ours.save_pretrained(tmp_path / "ckpt")
+    assert {"configuration.py", "modeling_gpt2_scratch.py"} <= set(os.listdir(tmp_path / "ckpt"))
+    x = tokens(1, 9)
+    expected = ours(x).logits.detach()
+    torch.save({"x": x, "expected": expected}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from transformers import AutoModelForCausalLM
+        sys.modules["configuration"] = sys.modules["modeling_gpt2_scratch"] = None  # the repo's copies are off limits
+        model = AutoModelForCausalLM.from_pretrained("{tmp_path / 'ckpt'}", trust_remote_code=True).eval()
+        io = torch.load("{tmp_path / 'io.pt'}")
+        assert type(model).__name__ == "GPT2ScratchForCausalLM", type(model)
+        assert "transformers_modules" in type(model).__module__
+        torch.testing.assert_close(model(io["x"]).logits, io["expected"], atol=0, rtol=0)
+        print("REMOTE-OK")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "REMOTE-OK" in result.stdout, result.stderr
+
+
+def test_to_gpt2_round_trip_loads_without_remote_code(ours, tmp_path):
+    exported = ours.to_gpt2()
+    assert type(exported) is GPT2LMHeadModel and exported.config.vocab_size == 101
+    exported.save_pretrained(tmp_path / "stock")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "stock").eval()
+    assert type(reloaded) is GPT2LMHeadModel
+    back = GPT2ScratchForCausalLM.from_gpt2(reloaded).eval()
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, ours(x).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(back(x).logits, ours(x).logits, atol=0, rtol=0)
+
+
+def test_init_statistics_and_initial_loss():
+    config = tiny_config(vocab_size=50257, n_embd=96, n_layer=4, n_head=4, n_positions=64, bos_token_id=50256,
+                         eos_token_id=50256, loss_chunk_tokens=256)
+    model = GPT2ScratchForCausalLM(config)
+    block = model.transformer.h[0]
+    assert model.transformer.wte.weight.shape == (50304, 96)
+    assert abs(model.transformer.wte.weight.std().item() - 0.02) < 0.001
+    assert abs(block.attn.c_attn.weight.std().item() - 0.02) < 0.001
+    residual_std = 0.02 / math.sqrt(2 * 4)
+    for weight in (block.attn.c_proj.weight, block.mlp.c_proj.weight):
+        assert abs(weight.std().item() - residual_std) < 0.1 * residual_std
+    assert block.attn.c_attn.bias.abs().max() == 0 and block.mlp.c_fc.bias.abs().max() == 0
+    assert torch.equal(block.ln_1.weight, torch.ones(96))
+    x = torch.randint(0, 50257, (4, 64))
+    with torch.no_grad():
+        loss = model(x, labels=x).loss.item()
+    assert abs(loss - math.log(50257)) < 0.1, loss
+
+
+def test_padding_ids_are_never_sampled(ours):
+    with torch.no_grad():  # make the padding rows irresistible if they ever reached the logits
+        ours.transformer.wte.weight[101:] = 50.0 * torch.randn(27, 36)
+    assert ours(tokens(1, 4)).logits.shape[-1] == 101
+    out = ours.generate(tokens(8, 3), do_sample=True, top_k=0, temperature=5.0, max_new_tokens=40, pad_token_id=100)
+    assert out.max().item() < 101
+
+
+@pytest.mark.parametrize("bad", [dict(n_embd=40, n_head=3), dict(n_layer=0), dict(vocab_size=-1),
+                                 dict(n_inner=0), dict(pad_vocab_size_multiple=0)])
+def test_invalid_config_fails_at_construction(bad):
+    with pytest.raises(StrictDataclassError, match="GPT2ScratchConfig"):
+        GPT2ScratchConfig(**bad)
+
+
+def test_input_longer_than_positions_is_a_clear_error(ours):
+    with pytest.raises(ValueError, match="longer than the model's n_positions"):
+        ours(tokens(1, 49))
+
+
+def test_checkpoint_with_wrong_shapes_names_the_tensor(ours, tmp_path):
+    ours.save_pretrained(tmp_path / "ckpt")
+    wider = tiny_config(n_embd=48)
+    with pytest.raises(ValueError, match=r"transformer.wpe.weight: checkpoint \(48, 36\) vs model \(48, 48\)"):
+        GPT2ScratchForCausalLM.from_pretrained(tmp_path / "ckpt", config=wider)
+
+
+def test_compiles_without_graph_breaks_and_matches_eager(ours):
+    ours.train()
+    x = tokens(2, 24)
+    eager_loss = ours(x, labels=x).loss
+    eager_loss.backward()
+    eager_grad = ours.transformer.h[0].mlp.c_fc.weight.grad.clone()
+    ours.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)  # fullgraph: a break is an error
+    loss = compiled(x, labels=x, use_cache=False).loss
+    loss.backward()
+    torch.testing.assert_close(loss, eager_loss)
+    torch.testing.assert_close(ours.transformer.h[0].mlp.c_fc.weight.grad, eager_grad)
+
+
+def test_gradient_checkpointing_gives_same_gradients(ours):
+    ours.train()
+    x = tokens(2, 16)
+    ours(x, labels=x).loss.backward()
+    plain = ours.transformer.h[0].attn.c_attn.weight.grad.clone()
+    ours.zero_grad()
+    ours.gradient_checkpointing_enable()
+    assert ours.is_gradient_checkpointing
+    ours(x, labels=x).loss.backward()
+    torch.testing.assert_close(ours.transformer.h[0].attn.c_attn.weight.grad, plain)
+
+
+PEAK_MEMORY_SCRIPT = """
+import resource, sys, torch, torch.nn.functional as F
+from configuration import GPT2ScratchConfig
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+config = GPT2ScratchConfig(n_embd=32, n_layer=1, n_head=2, n_positions=1024, loss_chunk_tokens=256)
+model = GPT2ScratchForCausalLM(config)
+x = torch.randint(0, 50257, (2, 1024))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[1] == "fused":
+    loss = model(x, labels=x).loss
+else:
+    logits = model(x).logits.float()
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+loss.backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_fused_loss_peak_memory_is_far_below_naive_logits():
+    """Process high-water mark of forward+backward: 2048 tokens x 50257 logits are 412 MB in float32."""
+    peaks = {}
+    for mode in ("fused", "naive"):
+        result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, mode], cwd=REPO_ROOT,
+                                capture_output=True, text=True, check=True)
+        peaks[mode] = int(result.stdout.split()[-1])
+    logits_bytes = 2 * 1024 * 50257 * 4
+    assert peaks["naive"] > logits_bytes, peaks
+    assert peaks["fused"] < peaks["naive"] / 4, peaks
