@@ -13,6 +13,7 @@ The pipeline, each step a `datasets` operation that keeps memory bounded:
 5. save splits, tokenizer and `prepare_metadata.json` to a temporary directory, then rename it into place.
 """
 
+import glob
 import itertools
 import json
 import math
@@ -229,12 +230,25 @@ class BlockPacker:
         )
 
 
+def packed_rows(split: datasets.Dataset) -> np.ndarray:
+    """A saved split as a (rows, block_size + 1) array of its stored dtype, memory-mapped: nothing is copied
+    unless the column spans several Arrow chunks."""
+    column = split.data.column("input_ids")
+    width = column.type.list_size
+    values = pc.list_flatten(column)
+    values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values.to_numpy(zero_copy_only=False).reshape(-1, width)
+
+
 # ---- corpus -----------------------------------------------------------------------------------------------
 
 
 def load_corpus(args: PrepareArguments) -> datasets.Dataset:
     if args.is_local and not args.data_files:
         raise PrepareError(f"--dataset {args.dataset} needs --data_files")
+    for pattern in args.data_files or []:
+        if "://" not in pattern and not glob.glob(os.path.expanduser(pattern), recursive=True):
+            raise PrepareError(f"no data found: no file matches {pattern!r}")
     kwargs = {}
     if args.dataset == "text":
         kwargs = dict(sample_by=args.text_unit, encoding_errors="replace")
@@ -249,6 +263,8 @@ def load_corpus(args: PrepareArguments) -> datasets.Dataset:
         raise PrepareError(f"no data found for {args.dataset} {args.data_files or ''}: {error}") from None
     except datasets.exceptions.DatasetGenerationError as error:
         cause = error.__cause__ or error
+        if type(cause).__name__ == "SchemaInferenceError":  # the builder found not a single record
+            raise PrepareError(f"the corpus {args.data_files} holds no documents") from None
         raise PrepareError(f"cannot read {args.data_files}: {type(cause).__name__}: {cause}") from None
     if args.text_column not in corpus.column_names:
         raise PrepareError(f"no column {args.text_column!r} in the corpus; its columns are {corpus.column_names}")
@@ -277,6 +293,8 @@ def split_documents(tokenized: datasets.Dataset, args: PrepareArguments):
     the validation size asked for."""
     doc_tokens = pc.list_value_length(tokenized.data.column("input_ids")).to_numpy(zero_copy_only=False)
     total = int(doc_tokens.sum())
+    if total == len(doc_tokens):  # nothing but the <|endoftext|> each document starts with
+        raise PrepareError(f"the corpus {args.data_files or args.dataset} holds no text, only empty documents")
     val_tokens = args.val_tokens if args.val_tokens is not None else default_val_tokens(total, args.block_size)
     if len(doc_tokens) < 2:  # validation is carved from the packed rows instead
         return {"train": np.arange(1)}, {"train": {"documents": 1, "tokens": total}}, val_tokens
