@@ -30,7 +30,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tiktoken.load import load_tiktoken_bpe
-from transformers import AutoTokenizer, GPT2Tokenizer, HfArgumentParser, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    GPT2Tokenizer,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
 
 PIPELINE_VERSION = 1
@@ -70,6 +76,9 @@ class PrepareArguments:
     tokenizer: str = field(
         default="openai-community/gpt2",
         metadata={"help": "Hub id, local tokenizer directory, or a .tiktoken ranks file (GPT-2's BPE)."},
+    )
+    train_tokenizer_vocab: int | None = field(
+        default=None, metadata={"help": "Train a byte-level BPE of this size on the corpus instead of --tokenizer."}
     )
     block_size: int = field(default=1024, metadata={"help": "Tokens per training input."})
     val_tokens: int | None = field(
@@ -111,6 +120,21 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(source)
     except Exception as error:  # any failure here means the same thing to the user
         raise PrepareError(f"cannot load tokenizer {source!r}: {type(error).__name__}: {error}") from None
+
+
+def train_bpe_tokenizer(corpus: datasets.Dataset, text_column: str, vocab_size: int) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE learned from the corpus, with <|endoftext|> as its only special token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = (batch[text_column] for batch in corpus.iter(batch_size=1000))
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(corpus))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT, unk_token=EOT,
+                                   name_or_path=f"bpe-{vocab_size}")
 
 
 def end_of_text_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -363,11 +387,14 @@ def prepare(args: PrepareArguments) -> dict:
         print(f"{args.output_dir} already holds this preparation; nothing to do (--overwrite redoes it)")
         return json.loads((Path(args.output_dir) / METADATA_FILE).read_text())
 
-    tokenizer = load_tokenizer(args.tokenizer)
+    corpus = load_corpus(args)
+    if args.train_tokenizer_vocab:
+        tokenizer = train_bpe_tokenizer(corpus, args.text_column, args.train_tokenizer_vocab)
+    else:
+        tokenizer = load_tokenizer(args.tokenizer)
     eot_id = end_of_text_id(tokenizer)
     vocab_size = len(tokenizer)
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
-    corpus = load_corpus(args)
 
     output = Path(args.output_dir)
     staging = output.with_name(output.name + ".tmp")
@@ -376,7 +403,7 @@ def prepare(args: PrepareArguments) -> dict:
     tokenizer.save_pretrained(staging / TOKENIZER_SUBDIR)
 
     num_proc = max(1, min(args.num_proc, len(corpus)))
-    is_ranks_file = args.tokenizer.endswith(".tiktoken")
+    is_ranks_file = args.tokenizer.endswith(".tiktoken") and not args.train_tokenizer_vocab
     ranks = load_tiktoken_bpe(args.tokenizer) if is_ranks_file else gpt2_mergeable_ranks(tokenizer)
     tokenize = DocumentTokenizer(str(staging / TOKENIZER_SUBDIR), args.text_column, eot_id, dtype, ranks)
     tokenized = corpus.with_format("arrow").map(
@@ -411,7 +438,7 @@ def prepare(args: PrepareArguments) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "arguments": args.to_metadata_key(),
         "source": args.source_description(),
-        "tokenizer": {"name_or_path": args.tokenizer, "vocab_size": vocab_size, "eot_id": eot_id,
+        "tokenizer": {"name_or_path": tokenizer.name_or_path, "vocab_size": vocab_size, "eot_id": eot_id,
                       "backend": "tiktoken" if ranks else "tokenizers"},
         "block_size": args.block_size,
         "dtype": dtype,

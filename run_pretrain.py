@@ -1,0 +1,687 @@
+"""Pretrain GPT-2 with Accelerate: the reproduction's recipe, as a short main() over well-named steps.
+
+    accelerate launch --config_file accelerate_configs/single_gpu.yaml \
+        run_pretrain.py configs/gpt2_124m_fineweb_edu.yaml
+    python run_pretrain.py configs/quickstart.yaml --max_steps 50    # any field overrides the YAML
+
+The YAML has one section per dataclass below (model, data, optimization, logging, checkpointing, hub);
+every field is also a command-line flag. Data comes from `prepare_data.py`.
+"""
+
+import difflib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, TorchDynamoPlugin, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, HfArgumentParser, get_cosine_with_min_lr_schedule_with_warmup
+
+from configuration import GPT2ScratchConfig
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+from prepare_data import METADATA_FILE, TOKENIZER_SUBDIR, packed_rows
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
+NONFINITE_EXIT_CODE = 3
+RUN_STATE_FILE = "trainer_state.json"
+CHECKPOINTS_DIR = "checkpoints"
+KILL_AFTER_STEP = int(os.environ.get("RUN_PRETRAIN_KILL_AFTER_STEP", "0"))
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run: reported on one line before any GPU time is spent."""
+
+
+# ---- configuration -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelArguments:
+    n_layer: int = field(default=12, metadata={"help": "Transformer blocks."})
+    n_head: int = field(default=12, metadata={"help": "Attention heads per block."})
+    n_embd: int = field(default=768, metadata={"help": "Width of the residual stream."})
+    n_positions: int = field(default=1024, metadata={"help": "Longest sequence the model accepts."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout everywhere (the reproduction uses none)."})
+    init_from: str | None = field(default=None, metadata={"help": "Start from these weights (hub id or dir)."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (inductor)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+
+
+@dataclass
+class DataArguments:
+    data_dir: str = field(default="data/fineweb_edu_10B", metadata={"help": "Output of prepare_data.py."})
+    micro_batch_size: int = field(default=64, metadata={"help": "Rows per forward pass on each process."})
+    total_batch_tokens: int = field(default=524_288, metadata={"help": "Tokens per optimizer step, all processes."})
+    dataloader_workers: int = field(default=2, metadata={"help": "Processes that read batches ahead."})
+
+
+@dataclass
+class OptimizationArguments:
+    max_steps: int = field(default=19_073, metadata={"help": "Optimizer steps (19,073 x 0.5M tokens = 10B)."})
+    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "Final learning rate as a share of the peak."})
+    warmup_steps: int = field(default=715, metadata={"help": "Linear warmup steps."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay, applied to 2-D weights only."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 turns it off)."})
+    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16.",
+                                                           "choices": ["no", "bf16", "fp16"]})
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls on Ampere and newer GPUs."})
+    seed: int = 1337
+    on_nonfinite: str = field(default="stop", metadata={"help": "When loss or gradient norm is NaN/inf: stop the "
+                                                        "run, or skip the step.", "choices": ["stop", "skip"]})
+
+
+@dataclass
+class LoggingArguments:
+    output_dir: str = field(default="outputs/gpt2_124m", metadata={"help": "Logs, checkpoints, final model."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a directory of another run."})
+    log_every: int = field(default=10, metadata={"help": "Optimizer steps between logged training metrics."})
+    eval_every: int = field(default=250, metadata={"help": "Steps between validation losses (0: only at the end)."})
+    eval_tokens: int = field(default=10_485_760, metadata={"help": "Validation tokens per evaluation, for any "
+                                                           "number of processes."})
+    sample_every: int = field(default=250, metadata={"help": "Steps between text samples (0: never)."})
+    sample_prompt: str = "Hello, I'm a language model,"
+    num_samples: int = 4
+    sample_tokens: int = 32
+    hellaswag_every: int = field(default=0, metadata={"help": "Steps between HellaSwag evaluations (0: never)."})
+    hellaswag_file: str | None = field(default=None, metadata={"help": "HellaSwag-schema JSONL (default: hub)."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Accelerate trackers, comma-separated, or none."})
+
+
+@dataclass
+class CheckpointArguments:
+    save_every: int = field(default=1000, metadata={"help": "Steps between checkpoints (0: only at the end)."})
+    keep_last: int = field(default=3, metadata={"help": "Checkpoints kept on disk."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint dir."})
+    export_gpt2: bool = field(default=True, metadata={"help": "Also save the final model as stock GPT-2."})
+
+
+@dataclass
+class HubArguments:
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+
+
+CONFIG_SECTIONS = {
+    "model": ModelArguments, "data": DataArguments, "optimization": OptimizationArguments,
+    "logging": LoggingArguments, "checkpointing": CheckpointArguments, "hub": HubArguments,
+}  # fmt: skip
+
+
+@dataclass
+class RunConfig:
+    model: ModelArguments
+    data: DataArguments
+    optimization: OptimizationArguments
+    logging: LoggingArguments
+    checkpointing: CheckpointArguments
+    hub: HubArguments
+
+    def to_dict(self) -> dict:
+        return {name: asdict(getattr(self, name)) for name in CONFIG_SECTIONS}
+
+
+def read_yaml_config(path: str) -> dict:
+    """The YAML's sections flattened to field defaults; unknown names are an error with a suggestion."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from None
+    defaults = {}
+    for section, values in raw.items():
+        if section not in CONFIG_SECTIONS:
+            raise ConfigError(f"{path}: unknown section {section!r}{_suggest(section, CONFIG_SECTIONS)}")
+        known = {f.name for f in fields(CONFIG_SECTIONS[section])}
+        for key, value in (values or {}).items():
+            if key not in known:
+                raise ConfigError(f"{path}: unknown key {section}.{key}{_suggest(key, known)}")
+            defaults[key] = value
+    return defaults
+
+
+def _suggest(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_config(argv: list[str] | None = None) -> RunConfig:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(tuple(CONFIG_SECTIONS.values()), allow_abbrev=False)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        parser.set_defaults(**read_yaml_config(argv.pop(0)))
+    parsed, unknown = parser.parse_known_args(argv)
+    if unknown:
+        options = [a.lstrip("-") for a in parser._option_string_actions if a.startswith("--")]
+        flag = unknown[0].lstrip("-").split("=")[0]
+        raise ConfigError(f"unknown option {unknown[0]}{_suggest(flag, options)}")
+    sections = {}
+    for name, cls in CONFIG_SECTIONS.items():
+        sections[name] = cls(**{f.name: getattr(parsed, f.name) for f in fields(cls)})
+    return RunConfig(**sections)
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
+
+
+class PackedRows(torch.utils.data.Dataset):
+    """Rows of a prepared split, memory-mapped; indexed by a whole batch of row numbers at once.
+
+    Holds the `datasets.Dataset` (pickled by file reference into loader workers), not the array view.
+    """
+
+    def __init__(self, split: datasets.Dataset):
+        self.split = split
+        self._rows = None
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rows is None:
+            self._rows = packed_rows(self.split)
+        rows = torch.from_numpy(self._rows[np.sort(indices)].astype(np.int64))  # (B, block_size + 1)
+        return rows[:, :-1], rows[:, 1:]  # inputs, aligned targets
+
+
+class TrainBatchOrder(torch.utils.data.Sampler):
+    """Row numbers of this process's micro-batches, from a given optimizer step on.
+
+    Every epoch is a fresh permutation drawn from (seed, epoch). Optimizer step s takes the next
+    `rows_per_step` rows of it, whatever the number of processes; process r of W takes micro-batches
+    r, r + W, ... among them. So the data a step sees does not depend on W, and resuming at step s
+    is a matter of starting here at s.
+    """
+
+    def __init__(self, num_rows, micro_batch, accumulation, world_size, rank, seed, start_step=0):
+        self.micro_batch, self.accumulation = micro_batch, accumulation
+        self.world_size, self.rank, self.seed, self.start_step = world_size, rank, seed, start_step
+        self.rows_per_step = micro_batch * accumulation * world_size
+        self.steps_per_epoch = num_rows // self.rows_per_step
+        self.num_rows = num_rows
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def __iter__(self):
+        step, permutation, epoch = self.start_step, None, None
+        while True:
+            if self.epoch_of(step) != epoch:
+                epoch = self.epoch_of(step)
+                permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+            step_rows = permutation[(step % self.steps_per_epoch) * self.rows_per_step :][: self.rows_per_step]
+            for micro in range(self.accumulation):
+                chunk = micro * self.world_size + self.rank
+                yield step_rows[chunk * self.micro_batch : (chunk + 1) * self.micro_batch]
+            step += 1
+
+
+@dataclass
+class TrainingData:
+    train: PackedRows
+    validation: PackedRows
+    metadata: dict
+    tokenizer: object
+    block_size: int
+    accumulation: int
+
+
+def load_data_metadata(data_dir: str) -> dict:
+    path = Path(data_dir) / METADATA_FILE
+    if not path.exists():
+        raise ConfigError(f"{data_dir} is not prepared data ({METADATA_FILE} missing): run prepare_data.py first")
+    return json.loads(path.read_text())
+
+
+def gradient_accumulation_steps(config: RunConfig, block_size: int, world_size: int) -> int:
+    tokens_per_micro_step = config.data.micro_batch_size * block_size * world_size
+    if config.data.total_batch_tokens % tokens_per_micro_step:
+        raise ConfigError(
+            f"total_batch_tokens {config.data.total_batch_tokens:,} is not a multiple of micro_batch_size x "
+            f"block_size x processes = {config.data.micro_batch_size} x {block_size} x {world_size} = "
+            f"{tokens_per_micro_step:,}"
+        )
+    return config.data.total_batch_tokens // tokens_per_micro_step
+
+
+def build_data(config: RunConfig, world_size: int) -> TrainingData:
+    metadata = load_data_metadata(config.data.data_dir)
+    block_size = metadata["block_size"]
+    if block_size > config.model.n_positions:
+        raise ConfigError(f"data block_size {block_size} exceeds the model's n_positions {config.model.n_positions}")
+    splits = datasets.load_from_disk(config.data.data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(Path(config.data.data_dir) / TOKENIZER_SUBDIR)
+    accumulation = gradient_accumulation_steps(config, block_size, world_size)
+    train, validation = PackedRows(splits["train"]), PackedRows(splits["validation"])
+    rows_per_step = config.data.micro_batch_size * accumulation * world_size
+    if len(train) < rows_per_step:
+        raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {rows_per_step}")
+    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation)
+
+
+def train_batches(data: TrainingData, config: RunConfig, accelerator: Accelerator, start_step: int):
+    """An endless iterator of (inputs, targets) micro-batches on this process's device."""
+    order = TrainBatchOrder(len(data.train), config.data.micro_batch_size, data.accumulation,
+                            accelerator.num_processes, accelerator.process_index, config.optimization.seed,
+                            start_step)
+    loader = torch.utils.data.DataLoader(
+        data.train, sampler=order, batch_size=None, num_workers=config.data.dataloader_workers,
+        pin_memory=accelerator.device.type == "cuda", persistent_workers=config.data.dataloader_workers > 0,
+        prefetch_factor=4 if config.data.dataloader_workers > 0 else None,
+    )
+    for inputs, targets in loader:
+        yield inputs.to(accelerator.device, non_blocking=True), targets.to(accelerator.device, non_blocking=True)
+
+
+# ---- model and optimizer -------------------------------------------------------------------------------------
+
+
+def build_model(config: RunConfig, data: TrainingData) -> GPT2ScratchForCausalLM:
+    vocab_size, eot_id = data.metadata["tokenizer"]["vocab_size"], data.metadata["tokenizer"]["eot_id"]
+    if config.model.init_from:
+        model = GPT2ScratchForCausalLM.from_pretrained(config.model.init_from)
+        if model.config.vocab_size != vocab_size or model.config.eos_token_id != eot_id:
+            raise ConfigError(
+                f"{config.model.init_from} has vocab {model.config.vocab_size} (eos {model.config.eos_token_id}); "
+                f"the data was prepared with vocab {vocab_size} (eos {eot_id}): prepare it with that tokenizer"
+            )
+        if data.block_size > model.config.n_positions:
+            raise ConfigError(f"data block_size {data.block_size} exceeds {config.model.init_from}'s n_positions")
+        return model
+    m = config.model
+    model_config = GPT2ScratchConfig(
+        vocab_size=vocab_size, n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+        resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, bos_token_id=eot_id, eos_token_id=eot_id,
+    )
+    return GPT2ScratchForCausalLM(model_config)
+
+
+def build_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.device):
+    """AdamW with weight decay on 2-D weights only (matmuls and embeddings), and the cosine schedule."""
+    o = config.optimization
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
+                                  fused=device.type == "cuda")
+    # Not passed through accelerator.prepare: a prepared scheduler steps once per process per step.
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=o.max_steps, min_lr_rate=o.min_lr_ratio
+    )
+    return optimizer, scheduler
+
+
+# ---- measurement ---------------------------------------------------------------------------------------------
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against the device name.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12,
+    "B200": 2250e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L40": 181e12, "A10G": 70e12, "A10": 125e12,
+    "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "A6000": 155e12, "MI300X": 1307e12, "MI250X": 383e12,
+}  # fmt: skip
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS.items():  # the table lists more specific names first
+        if key in name:
+            return flops
+    return None
+
+
+def flops_per_token(config: GPT2ScratchConfig, num_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's scores and mixing."""
+    return 6 * num_params + 12 * config.n_layer * config.n_embd * seq_len
+
+
+class RunLog:
+    """Metrics to the trackers and one JSON object per line in output_dir/log.jsonl (main process only)."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path):
+        self.accelerator = accelerator
+        self.path = output_dir / "log.jsonl"
+
+    def write(self, kind: str, step: int, **values):
+        if not self.accelerator.is_main_process:
+            return
+        record = {"type": kind, "step": step, "time": time.time(), **values}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        numeric = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and v is not None}
+        if numeric:
+            self.accelerator.log(numeric, step=step)
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> float:
+    """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes."""
+    model.eval()
+    rows = min(len(data.validation), max(1, config.logging.eval_tokens // data.block_size))
+    mine = np.arange(accelerator.process_index, rows, accelerator.num_processes)
+    totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, token count
+    for start in range(0, len(mine), config.data.micro_batch_size):
+        inputs, targets = data.validation[mine[start : start + config.data.micro_batch_size]]
+        inputs, targets = inputs.to(accelerator.device), targets.to(accelerator.device)
+        with accelerator.autocast():
+            loss_sum = model(input_ids=inputs, shift_labels=targets, num_items_in_batch=1, use_cache=False).loss
+        totals += torch.stack([loss_sum.double(), torch.tensor(targets.numel(), device=accelerator.device)])
+    totals = accelerator.reduce(totals, reduction="sum")
+    model.train()
+    return (totals[0] / totals[1]).item()
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, config: RunConfig, accelerator: Accelerator, step: int) -> list[str]:
+    """Top-k 50 continuations of the prompt through the model's own `generate`, seeded by the step."""
+    unwrapped = accelerator.unwrap_model(model)  # the eager module: generation needs no compiled graph
+    unwrapped.eval()
+    prompt = tokenizer(config.logging.sample_prompt, return_tensors="pt").input_ids.to(accelerator.device)
+    prompt = prompt.repeat(config.logging.num_samples, 1)
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        torch.manual_seed(config.optimization.seed + step)
+        with accelerator.autocast():
+            out = unwrapped.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=50,
+                                     max_new_tokens=config.logging.sample_tokens, pad_token_id=tokenizer.eos_token_id)
+    unwrapped.train()
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def evaluate_hellaswag_in_loop(model, data: TrainingData, config: RunConfig, accelerator: Accelerator):
+    from eval.hellaswag import evaluate_model, load_examples
+
+    examples = load_examples(config.logging.hellaswag_file)
+    return evaluate_model(accelerator.unwrap_model(model), data.tokenizer, examples, accelerator=accelerator,
+                          batch_size=config.data.micro_batch_size)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first: a checkpoint is complete once its state file is in place."""
+    root = output_dir / CHECKPOINTS_DIR
+    if not root.exists():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith("step_") and not p.name.endswith(".tmp")]
+    return sorted((p for p in found if (p / RUN_STATE_FILE).exists()), key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep_last: int, extra: dict):
+    """accelerator.save_state into step_N.tmp, then a rename: a checkpoint is either whole or absent."""
+    final = output_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
+    staging = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (staging / RUN_STATE_FILE).write_text(json.dumps({"step": step, **extra}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        for old in checkpoint_dirs(output_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def resolve_resume(config: RunConfig, output_dir: Path) -> Path | None:
+    requested = config.checkpointing.resume_from_checkpoint
+    if not requested:
+        return None
+    if requested == "latest":
+        found = checkpoint_dirs(output_dir)
+        return found[-1] if found else None  # nothing saved yet: start from scratch
+    path = Path(requested)
+    if not (path / RUN_STATE_FILE).exists():
+        raise ConfigError(f"{path} is not a complete checkpoint ({RUN_STATE_FILE} missing)")
+    return path
+
+
+def check_output_dir(config: RunConfig, output_dir: Path, resuming: bool):
+    """Refuse to mix two runs in one directory, unless resuming or told to overwrite."""
+    previous = output_dir / "run_config.yaml"
+    if not previous.exists() or resuming:
+        return
+    if not config.logging.overwrite_output_dir:
+        raise ConfigError(f"{output_dir} holds another run; resume it (--resume_from_checkpoint latest) or pass "
+                          "--overwrite_output_dir")
+
+
+def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: Accelerator, output_dir: Path):
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    final_dir = output_dir / "final"
+    unwrapped.save_pretrained(final_dir, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+    if accelerator.is_main_process:
+        data.tokenizer.save_pretrained(final_dir)
+        if config.checkpointing.export_gpt2:
+            unwrapped.to_gpt2().save_pretrained(output_dir / "final_gpt2")
+            data.tokenizer.save_pretrained(output_dir / "final_gpt2")
+        if config.hub.push_to_hub:
+            if not config.hub.hub_model_id:
+                raise ConfigError("--push_to_hub needs --hub_model_id")
+            unwrapped.push_to_hub(config.hub.hub_model_id, private=config.hub.hub_private)
+            data.tokenizer.push_to_hub(config.hub.hub_model_id, private=config.hub.hub_private)
+    return final_dir
+
+
+# ---- training ------------------------------------------------------------------------------------------------
+
+
+class PreemptionFlag:
+    """Set by SIGTERM or SIGUSR1 (what SLURM and cloud schedulers send before killing a job)."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # mean over the step's micro-batches, this process
+    grad_norm: torch.Tensor
+
+
+def train_step(model, optimizer, batches, accumulation: int, config: RunConfig, accelerator: Accelerator):
+    """One optimizer step: `accumulation` micro-batches, gradients all-reduced on the last one only."""
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for micro in range(accumulation):
+        inputs, targets = next(batches)
+        sync = micro == accumulation - 1
+        with nullcontext() if sync else accelerator.no_sync(model):
+            loss = model(input_ids=inputs, shift_labels=targets, use_cache=False).loss
+            accelerator.backward(loss / accumulation)
+        loss_sum += loss.detach()
+    if config.optimization.max_grad_norm > 0:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optimization.max_grad_norm)
+    else:
+        grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
+                                                          if p.grad is not None]))
+    return StepResult(loss_sum / accumulation, grad_norm)
+
+
+def train(config: RunConfig, accelerator: Accelerator, model, optimizer, scheduler, data: TrainingData,
+          start_step: int, output_dir: Path, log: RunLog) -> int:
+    """The loop; returns the process exit code (0, preempted, or non-finite)."""
+    o, lg, ck = config.optimization, config.logging, config.checkpointing
+    batches = train_batches(data, config, accelerator, start_step)
+    unwrapped = accelerator.unwrap_model(model)
+    tokens_per_step = config.data.total_batch_tokens
+    step_flops = flops_per_token(unwrapped.config, unwrapped.num_parameters(), data.block_size) * tokens_per_step
+    peak = device_peak_flops(accelerator.device)
+    peak_total = peak * accelerator.num_processes if peak else None
+    steps_per_epoch = len(data.train) // (config.data.micro_batch_size * data.accumulation * accelerator.num_processes)
+    preemption = PreemptionFlag()
+    logged_loss = torch.zeros((), device=accelerator.device)
+    logged_steps, window_start = 0, time.perf_counter()
+    progress = tqdm(range(start_step, o.max_steps), initial=start_step, total=o.max_steps,
+                    disable=not accelerator.is_main_process, desc="Training", dynamic_ncols=True)
+    for step in progress:
+        result = train_step(model, optimizer, batches, data.accumulation, config, accelerator)
+        # One host sync per optimizer step: every process must agree on skipping, stopping or preempting.
+        flags = torch.stack([(~torch.isfinite(result.loss)) | (~torch.isfinite(result.grad_norm)),
+                             torch.tensor(preemption.raised, device=accelerator.device)]).float()
+        nonfinite, preempted = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+        if nonfinite:
+            optimizer.zero_grad(set_to_none=True)
+            log.write("nonfinite", step + 1, action=o.on_nonfinite, loss=result.loss.item(),
+                      grad_norm=result.grad_norm.item())
+            if o.on_nonfinite == "stop":
+                accelerator.print(f"step {step + 1}: non-finite loss or gradient norm; stopping without saving")
+                return NONFINITE_EXIT_CODE
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            logged_loss += result.loss
+            logged_steps += 1
+        scheduler.step()
+        done = step + 1
+
+        if done % lg.log_every == 0 or done == o.max_steps:
+            mean_loss = accelerator.reduce(logged_loss, reduction="mean").item() / max(1, logged_steps)
+            elapsed = time.perf_counter() - window_start
+            steps_in_window = lg.log_every if done % lg.log_every == 0 else done % lg.log_every
+            tokens_per_second = tokens_per_step * steps_in_window / elapsed
+            mfu = step_flops * steps_in_window / elapsed / peak_total if peak_total else None
+            metrics = dict(loss=mean_loss, lr=scheduler.get_last_lr()[0], grad_norm=result.grad_norm.item(),
+                           tokens_per_second=tokens_per_second, mfu=mfu, epoch=step // steps_per_epoch)
+            log.write("train", done, **metrics)
+            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{metrics['lr']:.2e}",
+                                 gnorm=f"{metrics['grad_norm']:.2f}", tok_s=f"{tokens_per_second:,.0f}",
+                                 **({"mfu": f"{mfu:.1%}"} if mfu else {}))
+            logged_loss.zero_()
+            logged_steps, window_start = 0, time.perf_counter()
+        if (lg.eval_every and done % lg.eval_every == 0) or done == o.max_steps:
+            val_loss = evaluate_loss(model, data, config, accelerator)
+            log.write("eval", done, val_loss=val_loss)
+            if accelerator.is_main_process:
+                progress.write(f"step {done}: validation loss {val_loss:.4f}")
+        if lg.hellaswag_every and (done % lg.hellaswag_every == 0 or done == o.max_steps):
+            scores = evaluate_hellaswag_in_loop(model, data, config, accelerator)
+            log.write("hellaswag", done, **scores)
+        if lg.sample_every and (done % lg.sample_every == 0 or done == o.max_steps) and lg.num_samples:
+            samples = generate_samples(model, data.tokenizer, config, accelerator, done)
+            log.write("samples", done, samples=samples)
+            if accelerator.is_main_process:
+                progress.write("\n".join(f"sample {i}: {text!r}" for i, text in enumerate(samples)))
+        if (ck.save_every and done % ck.save_every == 0) or done == o.max_steps or preempted:
+            save_checkpoint(accelerator, output_dir, done, ck.keep_last, {"data_fingerprint": _data_key(data)})
+        if preempted:
+            accelerator.print(f"step {done}: preemption signal received; checkpoint saved, exiting")
+            return PREEMPTED_EXIT_CODE
+        if done == KILL_AFTER_STEP:  # fault injection for the resume tests: die as `kill -9` would
+            os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+def _data_key(data: TrainingData) -> dict:
+    meta = data.metadata
+    return {"arguments": meta["arguments"], "created": meta["created"], "block_size": meta["block_size"]}
+
+
+# ---- main ----------------------------------------------------------------------------------------------------
+
+
+def build_accelerator(config: RunConfig) -> Accelerator:
+    o = config.optimization
+    trackers = [t for t in config.logging.report_to.split(",") if t and t != "none"]
+    dynamo = TorchDynamoPlugin(backend="inductor") if config.model.compile else None
+    accelerator = Accelerator(
+        mixed_precision=o.mixed_precision, log_with=trackers or None, project_dir=config.logging.output_dir,
+        dynamo_plugin=dynamo,
+        # Gradients are views into the all-reduce buckets: one copy less of 124M floats per step.
+        kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
+    )
+    if o.tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
+
+
+def run(config: RunConfig) -> int:
+    # Everything that can be wrong with the configuration is checked before the accelerator is set up.
+    output_dir = Path(config.logging.output_dir)
+    resume_from = resolve_resume(config, output_dir)
+    check_output_dir(config, output_dir, resuming=resume_from is not None)
+    data = build_data(config, int(os.environ.get("WORLD_SIZE", "1")))  # set by accelerate launch / torchrun
+    accelerator = build_accelerator(config)
+    if accelerator.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
+        raise ConfigError(f"accelerate runs {accelerator.num_processes} processes but WORLD_SIZE says otherwise")
+    set_seed(config.optimization.seed)
+    model = build_model(config, data)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer, scheduler = build_optimizer(model, config, accelerator.device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    start_step = 0
+    if resume_from is not None:
+        state = json.loads((resume_from / RUN_STATE_FILE).read_text())
+        if state.get("data_fingerprint") != _data_key(data):
+            raise ConfigError(f"{resume_from} was trained on other data than {config.data.data_dir}")
+        accelerator.load_state(str(resume_from))
+        start_step = state["step"]
+        accelerator.print(f"resumed from {resume_from} at step {start_step}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is None and (output_dir / "log.jsonl").exists():
+            (output_dir / "log.jsonl").unlink()  # a new run (overwrite_output_dir) starts a new log
+        (output_dir / "run_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    accelerator.init_trackers("gpt2_scratch", config={k: v for s in config.to_dict().values() for k, v in s.items()
+                                                      if isinstance(v, (int, float, str, bool))})
+    log = RunLog(accelerator, output_dir)
+    if resume_from is not None:
+        log.write("resume", start_step, checkpoint=str(resume_from))
+    accelerator.print(
+        f"{accelerator.unwrap_model(model).num_parameters():,} parameters, {accelerator.num_processes} processes, "
+        f"micro-batch {config.data.micro_batch_size} x {data.block_size}, accumulation {data.accumulation}, "
+        f"{config.data.total_batch_tokens:,} tokens per step, {len(data.train):,} training rows"
+    )
+    status = train(config, accelerator, model, optimizer, scheduler, data, start_step, output_dir, log)
+    if status == 0:
+        final_dir = save_final_model(model, data, config, accelerator, output_dir)
+        accelerator.print(f"saved {final_dir}")
+    accelerator.end_training()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_config(argv)
+        return run(config)
+    except ConfigError as error:
+        print(f"run_pretrain.py: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

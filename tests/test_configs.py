@@ -1,0 +1,37 @@
+"""The shipped recipes and launcher configs load, and the 124M recipe is the reproduction's."""
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig
+from conftest import REPO_ROOT
+
+from run_pretrain import parse_config
+
+RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+LAUNCHERS = sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_parses(recipe):
+    config = parse_config([str(recipe)])
+    assert config.model.n_embd % config.model.n_head == 0
+
+
+def test_124m_recipe_is_the_reproduction():
+    c = parse_config([str(REPO_ROOT / "configs" / "gpt2_124m_fineweb_edu.yaml")])
+    assert (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.n_positions) == (12, 12, 768, 1024)
+    assert c.data.total_batch_tokens == 2**19 and c.data.micro_batch_size == 64
+    o = c.optimization
+    assert (o.adam_beta1, o.adam_beta2, o.adam_epsilon, o.weight_decay) == (0.9, 0.95, 1e-8, 0.1)
+    assert (o.learning_rate, o.min_lr_ratio, o.warmup_steps, o.max_steps) == (6e-4, 0.1, 715, 19073)
+    assert (o.max_grad_norm, o.mixed_precision, o.tf32, o.seed, c.model.compile) == (1.0, "bf16", True, 1337, True)
+
+
+def test_command_line_overrides_the_yaml():
+    c = parse_config([str(REPO_ROOT / "configs" / "quickstart.yaml"), "--max_steps", "7", "--n_layer=2"])
+    assert c.optimization.max_steps == 7 and c.model.n_layer == 2 and c.model.n_embd == 128
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS, ids=lambda p: p.name)
+def test_accelerate_config_loads(launcher):
+    config = ClusterConfig.from_yaml_file(str(launcher))
+    assert config.num_processes >= 1

@@ -1,0 +1,214 @@
+"""run_pretrain.py: the step, the schedule, the data order, DDP, resume and the end-to-end job."""
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import REPO_ROOT, tiny_config, tiny_run_args
+from safetensors.torch import load_file
+
+import run_pretrain
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+from run_pretrain import TrainBatchOrder, build_optimizer, parse_config, train_step
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    return Accelerator(cpu=True, mixed_precision="no")
+
+
+def config_for(**overrides):
+    flags = dict(max_steps=100, warmup_steps=10, learning_rate=1e-3, min_lr_ratio=0.1, weight_decay=0.1,
+                 max_grad_norm=1.0, mixed_precision="no")
+    flags.update(overrides)
+    return parse_config([f"--{k}={v}" for k, v in flags.items()])
+
+
+def losses_in(log_path, kind="train", key="loss"):
+    records = [json.loads(line) for line in open(log_path)]
+    return [(r["step"], r[key]) for r in records if r["type"] == kind]
+
+
+def test_overfits_one_batch(accelerator):
+    model = GPT2ScratchForCausalLM(tiny_config(n_layer=2, n_embd=64, n_head=4, n_positions=32))
+    config = config_for(learning_rate=3e-3, warmup_steps=0, weight_decay=0.0, max_steps=200)
+    optimizer, scheduler = build_optimizer(model, config, accelerator.device)
+    rows = torch.randint(0, 101, (4, 33))
+    batches = itertools.repeat((rows[:, :-1], rows[:, 1:]))
+    for _ in range(200):
+        result = train_step(model, optimizer, batches, 1, config, accelerator)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert result.loss.item() < 0.1
+
+
+def test_accumulation_is_exact(accelerator):
+    torch.manual_seed(0)
+    reference = GPT2ScratchForCausalLM(tiny_config())
+    accumulated = GPT2ScratchForCausalLM(tiny_config())
+    accumulated.load_state_dict(reference.state_dict())
+    config = config_for(warmup_steps=0)
+    rows = torch.randint(0, 101, (8, 17))
+    grads = []
+    for model, micro in ((reference, 8), (accumulated, 2)):
+        optimizer, _ = build_optimizer(model, config, accelerator.device)
+        batches = iter([(rows[i : i + micro, :-1], rows[i : i + micro, 1:]) for i in range(0, 8, micro)])
+        train_step(model, optimizer, batches, 8 // micro, config, accelerator)
+        grads.append([p.grad.clone() for p in model.parameters()])
+        optimizer.step()
+    for (name, _), a, b in zip(reference.named_parameters(), *grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-5, msg=lambda m, name=name: f"gradient of {name}: {m}")
+    # Adam's first update is lr * g / (|g| + eps): where |g| is near eps, float-level differences in g
+    # move a weight by up to ~lr * 1e-3, hence the looser bound on the parameters.
+    for (name, a), b in zip(reference.named_parameters(), accumulated.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_schedule_warmup_peak_and_end(accelerator):
+    model = GPT2ScratchForCausalLM(tiny_config())
+    optimizer, scheduler = build_optimizer(model, config_for(), accelerator.device)
+    lrs = []
+    for _ in range(101):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.step()
+    assert lrs[0] == 0.0
+    assert lrs[5] == pytest.approx(5e-4)  # linear warmup: 5/10 of the peak
+    assert lrs[10] == pytest.approx(1e-3)  # the peak
+    assert lrs[55] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # halfway down the cosine
+    assert lrs[100] == pytest.approx(1e-4)  # 10% of the peak at max_steps
+
+
+def test_weight_decay_only_on_matrices(accelerator):
+    model = GPT2ScratchForCausalLM(tiny_config())
+    optimizer, _ = build_optimizer(model, config_for(), accelerator.device)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    # wte (tied with lm_head), wpe, and per block c_attn, attn.c_proj, c_fc, mlp.c_proj
+    assert len(decayed["params"]) == 2 + 4 * 3
+    assert len(plain["params"]) == 3 * 8 + 2  # per block: 4 LayerNorm tensors and 4 biases; then ln_f
+
+
+def test_clipping_bounds_the_gradient_norm(accelerator):
+    model = GPT2ScratchForCausalLM(tiny_config())
+    config = config_for(max_grad_norm=0.01)
+    optimizer, _ = build_optimizer(model, config, accelerator.device)
+    rows = torch.randint(0, 101, (4, 17))
+    result = train_step(model, optimizer, iter([(rows[:, :-1], rows[:, 1:])]), 1, config, accelerator)
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert result.grad_norm > 0.01  # the norm before clipping is reported
+    assert clipped == pytest.approx(0.01, rel=1e-4)
+
+
+def test_batch_order_is_the_same_for_any_world_size_and_resumes():
+    def step_rows(world, steps, start=0):
+        orders = [iter(TrainBatchOrder(103, 2, 4 // world, world, rank, seed=7, start_step=start))
+                  for rank in range(world)]
+        per_step = []
+        for _ in range(steps):
+            rows = [r for order in orders for _ in range(4 // world) for r in next(order)]
+            per_step.append(sorted(rows))
+        return per_step
+
+    single, double = step_rows(1, 30), step_rows(2, 30)
+    assert single == double
+    assert step_rows(1, 10, start=20) == single[20:]
+    per_epoch = 103 // 8
+    first_epoch = [r for rows in single[:per_epoch] for r in rows]
+    assert len(set(first_epoch)) == len(first_epoch)  # no row twice within an epoch
+    assert single[per_epoch] != single[0]  # the next epoch is reshuffled
+
+
+def test_configuration_errors_are_one_line_and_early(tiny_data, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("optimization:\n  learning_rat: 0.1\n")
+    assert run_pretrain.main([str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown key optimization.learning_rat (did you mean 'learning_rate'?)" in capsys.readouterr().err
+    cases = [
+        (tiny_data, dict(total_batch_tokens=1000), "is not a multiple of micro_batch_size x block_size x processes"),
+        (tiny_data, dict(n_positions=16), "exceeds the model's n_positions"),
+        (tmp_path / "nowhere", {}, "is not prepared data"),
+    ]
+    for data_dir, overrides, message in cases:
+        assert run_pretrain.main(tiny_run_args(data_dir, tmp_path / "run", **overrides)) == 2
+        assert message in capsys.readouterr().err
+    assert run_pretrain.main(["--learning_rat=0.1"]) == 2
+    assert "did you mean 'learning_rate'" in capsys.readouterr().err
+
+
+def test_end_to_end_job_and_refusal_to_mix_runs(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, sample_every=12, num_samples=2, sample_tokens=8)) == 0
+    evals = losses_in(out / "log.jsonl", "eval", "val_loss")
+    assert [step for step, _ in evals] == [6, 12] and evals[1][1] < evals[0][1]
+    train = losses_in(out / "log.jsonl")
+    assert len(train) == 12 and train[-1][1] < train[0][1]
+    samples = [json.loads(line) for line in open(out / "log.jsonl") if '"samples"' in line]
+    assert len(samples[0]["samples"]) == 2
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final", trust_remote_code=True)
+    assert model.config.n_layer == 2
+    assert (out / "final_gpt2" / "config.json").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000006", "step_0000012"]
+    assert run_pretrain.main(tiny_run_args(tiny_data, out)) == 2
+    assert "holds another run" in capsys.readouterr().err
+
+
+def run_script(args, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "run_pretrain.py", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True)
+
+
+def test_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
+    """SIGKILL after step 9, last checkpoint at step 6; resumed, steps 7-12 repeat the uninterrupted run's
+    losses exactly and the final weights are bitwise equal. Steps of 640 rows (8 micro-batches of 80)
+    over ~5,500 training rows put an epoch boundary (a reshuffle) after step 8, inside the resumed stretch."""
+    args = dict(micro_batch_size=80, total_batch_tokens=640 * 32)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    # All three runs in the same kind of process: another thread count changes float summation order.
+    assert run_script(tiny_run_args(tiny_data, straight, **args)).returncode == 0
+    crash = run_script(tiny_run_args(tiny_data, killed, **args), {"RUN_PRETRAIN_KILL_AFTER_STEP": "9"})
+    assert crash.returncode == -9, crash.stderr[-2000:]
+    assert [p.name for p in (killed / "checkpoints").iterdir()] == ["step_0000006"]
+    resumed = run_script(tiny_run_args(tiny_data, killed, resume_from_checkpoint="latest", **args))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight_losses = losses_in(straight / "log.jsonl")
+    assert losses_in(killed / "log.jsonl")[-6:] == straight_losses[-6:]
+    a = load_file(straight / "checkpoints" / "step_0000012" / "model.safetensors")
+    b = load_file(killed / "checkpoints" / "step_0000012" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = len(__import__("datasets").load_from_disk(str(tiny_data))["train"])
+    assert 6 * 640 < rows < 12 * 640  # the epoch boundary falls inside the resumed steps
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_match_one_process_with_double_accumulation(tiny_data, tmp_path):
+    """Real DDP over gloo on CPU: 2 processes x 1 micro-step against 1 process x 2 micro-steps."""
+    base = tiny_run_args(tiny_data, tmp_path / "one", micro_batch_size=4, total_batch_tokens=8 * 32, max_steps=6,
+                         eval_every=6, save_every=0)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]
+    one = subprocess.run([*launch, "--num_processes", "1", "run_pretrain.py", *base], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_args = [a.replace(str(tmp_path / "one"), str(tmp_path / "two")) for a in base]
+    two = subprocess.run([*launch, "--multi_gpu", "--num_processes", "2", "run_pretrain.py", *two_args],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes" in two.stdout and "accumulation 1" in two.stdout, two.stdout[-2000:]
+    assert "1 processes" in one.stdout and "accumulation 2" in one.stdout
+    one_losses, two_losses = losses_in(tmp_path / "one" / "log.jsonl"), losses_in(tmp_path / "two" / "log.jsonl")
+    assert [s for s, _ in one_losses] == [s for s, _ in two_losses] == list(range(1, 7))
+    np.testing.assert_allclose([v for _, v in two_losses], [v for _, v in one_losses], rtol=1e-5)
+    one_val = losses_in(tmp_path / "one" / "log.jsonl", "eval", "val_loss")
+    two_val = losses_in(tmp_path / "two" / "log.jsonl", "eval", "val_loss")
+    np.testing.assert_allclose([v for _, v in two_val], [v for _, v in one_val], rtol=1e-5)
