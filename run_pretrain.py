@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, HfArgumentParser, get_cosine_with_min_lr_schedule_with_warmup
 
 from configuration import GPT2ScratchConfig
+from eval import hellaswag
+from eval.val_loss import row_batches, validation_loss
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from prepare_data import METADATA_FILE, TOKENIZER_SUBDIR, packed_rows
 
@@ -238,6 +240,7 @@ class TrainingData:
     tokenizer: object
     block_size: int
     accumulation: int
+    hellaswag: list | None  # examples, when the loop evaluates HellaSwag
 
 
 def load_data_metadata(data_dir: str) -> dict:
@@ -270,7 +273,13 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
     rows_per_step = config.data.micro_batch_size * accumulation * world_size
     if len(train) < rows_per_step:
         raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {rows_per_step}")
-    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation)
+    examples = None
+    if config.logging.hellaswag_every:
+        try:
+            examples = hellaswag.load_examples(config.logging.hellaswag_file)
+        except (hellaswag.HellaSwagDataError, OSError) as error:
+            raise ConfigError(str(error)) from None
+    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, examples)
 
 
 def train_batches(data: TrainingData, config: RunConfig, accelerator: Accelerator, start_step: int):
@@ -373,22 +382,12 @@ class RunLog:
 # ---- evaluation ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> float:
     """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes."""
-    model.eval()
     rows = min(len(data.validation), max(1, config.logging.eval_tokens // data.block_size))
     mine = np.arange(accelerator.process_index, rows, accelerator.num_processes)
-    totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, token count
-    for start in range(0, len(mine), config.data.micro_batch_size):
-        inputs, targets = data.validation[mine[start : start + config.data.micro_batch_size]]
-        inputs, targets = inputs.to(accelerator.device), targets.to(accelerator.device)
-        with accelerator.autocast():
-            loss_sum = model(input_ids=inputs, shift_labels=targets, num_items_in_batch=1, use_cache=False).loss
-        totals += torch.stack([loss_sum.double(), torch.tensor(targets.numel(), device=accelerator.device)])
-    totals = accelerator.reduce(totals, reduction="sum")
-    model.train()
-    return (totals[0] / totals[1]).item()
+    batches = row_batches(packed_rows(data.validation.split), mine, config.data.micro_batch_size)
+    return validation_loss(model, batches, accelerator)
 
 
 @torch.no_grad()
@@ -407,12 +406,9 @@ def generate_samples(model, tokenizer, config: RunConfig, accelerator: Accelerat
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-def evaluate_hellaswag_in_loop(model, data: TrainingData, config: RunConfig, accelerator: Accelerator):
-    from eval.hellaswag import evaluate_model, load_examples
-
-    examples = load_examples(config.logging.hellaswag_file)
-    return evaluate_model(accelerator.unwrap_model(model), data.tokenizer, examples, accelerator=accelerator,
-                          batch_size=config.data.micro_batch_size)
+def evaluate_hellaswag(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> dict:
+    return hellaswag.evaluate_model(accelerator.unwrap_model(model), data.tokenizer, data.hellaswag,
+                                    accelerator=accelerator, batch_size=config.data.micro_batch_size)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------
@@ -584,7 +580,7 @@ def train(config: RunConfig, accelerator: Accelerator, model, optimizer, schedul
             if accelerator.is_main_process:
                 progress.write(f"step {done}: validation loss {val_loss:.4f}")
         if lg.hellaswag_every and (done % lg.hellaswag_every == 0 or done == o.max_steps):
-            scores = evaluate_hellaswag_in_loop(model, data, config, accelerator)
+            scores = evaluate_hellaswag(model, data, config, accelerator)
             log.write("hellaswag", done, **scores)
         if lg.sample_every and (done % lg.sample_every == 0 or done == o.max_steps) and lg.num_samples:
             samples = generate_samples(model, data.tokenizer, config, accelerator, done)
