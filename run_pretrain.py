@@ -9,6 +9,7 @@ every field is also a command-line flag. Data comes from `prepare_data.py`.
 """
 
 import difflib
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from prepare_data import METADATA_FILE, TOKENIZER_SUBDIR, packed_rows
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
 NONFINITE_EXIT_CODE = 3
+CHECKPOINT_EXIT_CODE = 4
 RUN_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 KILL_AFTER_STEP = int(os.environ.get("RUN_PRETRAIN_KILL_AFTER_STEP", "0"))
@@ -43,6 +45,10 @@ KILL_AFTER_STEP = int(os.environ.get("RUN_PRETRAIN_KILL_AFTER_STEP", "0"))
 
 class ConfigError(Exception):
     """A configuration that cannot run: reported on one line before any GPU time is spent."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written; the run stops with the earlier checkpoints intact."""
 
 
 # ---- configuration -------------------------------------------------------------------------------------------
@@ -197,7 +203,7 @@ class PackedRows(torch.utils.data.Dataset):
         if self._rows is None:
             self._rows = packed_rows(self.split)
         rows = torch.from_numpy(self._rows[np.sort(indices)].astype(np.int64))  # (B, block_size + 1)
-        return rows[:, :-1], rows[:, 1:]  # inputs, aligned targets
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs, aligned targets
 
 
 class TrainBatchOrder(torch.utils.data.Sampler):
@@ -415,7 +421,7 @@ def evaluate_hellaswag(model, data: TrainingData, config: RunConfig, accelerator
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first: a checkpoint is complete once its state file is in place."""
+    """Checkpoints whose manifest is in place, oldest first (the manifest is written last)."""
     root = output_dir / CHECKPOINTS_DIR
     if not root.exists():
         return []
@@ -423,36 +429,98 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return sorted((p for p in found if (p / RUN_STATE_FILE).exists()), key=lambda p: int(p.name.split("_")[1]))
 
 
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint (naming the file), or None when every file matches its manifest."""
+    try:
+        manifest = json.loads((checkpoint / RUN_STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return f"{checkpoint / RUN_STATE_FILE} is unreadable ({error})"
+    for name, expected in manifest.get("files", {}).items():
+        path = checkpoint / name
+        if not path.exists():
+            return f"{path} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{path} is truncated or altered ({path.stat().st_size} bytes, expected {expected['bytes']})"
+        if file_digest(path) != expected["sha256"]:
+            return f"{path} is corrupted (checksum mismatch)"
+    return None
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep_last: int, extra: dict):
-    """accelerator.save_state into step_N.tmp, then a rename: a checkpoint is either whole or absent."""
+    """accelerator.save_state into step_N.tmp, a manifest of checksums, then a rename: a checkpoint is
+    either whole or absent, and a failed write leaves the previous ones as they were."""
     final = output_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
     staging = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
+    error = None
+    try:
+        accelerator.save_state(str(staging))
+        if accelerator.is_main_process:
+            files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+                     for p in sorted(staging.rglob("*")) if p.is_file()}
+            manifest = staging / (RUN_STATE_FILE + ".partial")
+            manifest.write_text(json.dumps({"step": step, **extra, "files": files}, indent=2))
+            manifest.rename(staging / RUN_STATE_FILE)
+    except OSError as caught:  # disk full, quota, permissions: this save is lost, nothing else
+        error = caught
+    failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum").item()
+    if failed:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        reason = error or "another process failed to write its part"
+        raise CheckpointError(f"could not write checkpoint {final}: {reason}; earlier checkpoints are intact")
     if accelerator.is_main_process:
-        (staging / RUN_STATE_FILE).write_text(json.dumps({"step": step, **extra}, indent=2))
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
         for old in checkpoint_dirs(output_dir)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old)
+            shutil.rmtree(old)  # the newest, just written and verified, is always kept
     accelerator.wait_for_everyone()
 
 
 def resolve_resume(config: RunConfig, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from: `latest` is the newest intact one (damaged ones are skipped, with a
+    warning); an explicit path must be intact."""
     requested = config.checkpointing.resume_from_checkpoint
     if not requested:
         return None
     if requested == "latest":
         found = checkpoint_dirs(output_dir)
-        return found[-1] if found else None  # nothing saved yet: start from scratch
+        for checkpoint in reversed(found):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                return checkpoint
+            print(f"run_pretrain.py: warning: skipping damaged checkpoint: {problem}", file=sys.stderr)
+        if found:
+            raise ConfigError(f"no intact checkpoint in {output_dir / CHECKPOINTS_DIR}")
+        return None  # nothing saved yet: a first launch of a requeueing job starts from scratch
     path = Path(requested)
     if not (path / RUN_STATE_FILE).exists():
         raise ConfigError(f"{path} is not a complete checkpoint ({RUN_STATE_FILE} missing)")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ConfigError(f"cannot resume: {problem}")
     return path
+
+
+def check_disk_space(output_dir: Path, num_parameters: int):
+    """A checkpoint holds fp32 weights and two AdamW moments: 12 bytes a parameter. Refuse to start without room."""
+    needed = 12 * num_parameters * 1.1
+    existing = next(p for p in [output_dir, *output_dir.resolve().parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise ConfigError(f"{existing} has {free / 2**30:.2f} GiB free; one checkpoint needs about "
+                          f"{needed / 2**30:.2f} GiB")
 
 
 def check_output_dir(config: RunConfig, output_dir: Path, resuming: bool):
@@ -512,7 +580,8 @@ def train_step(model, optimizer, batches, accumulation: int, config: RunConfig, 
         inputs, targets = next(batches)
         sync = micro == accumulation - 1
         with nullcontext() if sync else accelerator.no_sync(model):
-            loss = model(input_ids=inputs, shift_labels=targets, use_cache=False).loss
+            # labels and shift_labels both: stock transformers models then score the same aligned targets
+            loss = model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False).loss
             accelerator.backward(loss / accumulation)
         loss_sum += loss.detach()
     if config.optimization.max_grad_norm > 0:
@@ -632,6 +701,7 @@ def run(config: RunConfig) -> int:
         raise ConfigError(f"accelerate runs {accelerator.num_processes} processes but WORLD_SIZE says otherwise")
     set_seed(config.optimization.seed)
     model = build_model(config, data)
+    check_disk_space(output_dir, model.num_parameters())
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer, scheduler = build_optimizer(model, config, accelerator.device)
@@ -676,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"run_pretrain.py: error: {error}", file=sys.stderr)
         return 2
+    except CheckpointError as error:
+        print(f"run_pretrain.py: error: {error}", file=sys.stderr)
+        return CHECKPOINT_EXIT_CODE
 
 
 if __name__ == "__main__":

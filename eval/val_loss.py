@@ -18,7 +18,7 @@ def row_batches(rows: np.ndarray, indices: np.ndarray, batch_size: int):
     """(inputs, targets) CPU batches of the packed rows at `indices`."""
     for start in range(0, len(indices), batch_size):
         batch = torch.from_numpy(rows[indices[start : start + batch_size]].astype(np.int64))
-        yield batch[:, :-1], batch[:, 1:]
+        yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # stock models .view() their labels
 
 
 @torch.no_grad()

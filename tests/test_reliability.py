@@ -1,0 +1,182 @@
+"""Faults injected into real runs: preemption, damaged checkpoints, disk errors, NaNs, bad configuration.
+
+Each test here is a row of RELIABILITY.md. The SIGKILL resume tests live in test_training.py.
+"""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_config, tiny_run_args
+from safetensors.torch import load_file
+
+import run_pretrain
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+
+
+def records(out, kind):
+    return [r for r in map(json.loads, open(out / "log.jsonl")) if r["type"] == kind]
+
+
+def checkpoints(out):
+    return sorted(p.name for p in (out / "checkpoints").iterdir())
+
+
+def launch_ddp(args, env_extra=None):
+    """Two processes over gloo on CPU, through accelerate launch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", **(env_extra or {})}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--multi_gpu", "--num_processes", "2", "run_pretrain.py", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_75_then_resumes(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_data, out, max_steps=100_000, save_every=0, eval_every=0)
+    # The training process itself, as `srun python run_pretrain.py` runs it under SLURM (README).
+    process = subprocess.Popen([sys.executable, "run_pretrain.py", *args], cwd=REPO_ROOT, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not ((out / "log.jsonl").exists() and records(out, "train")) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == run_pretrain.PREEMPTED_EXIT_CODE, stderr[-2000:]
+    (saved,) = checkpoints(out)
+    step = int(saved.split("_")[1])
+    assert records(out, "train")[-1]["step"] == step  # the step in flight was finished, then saved
+    resumed = run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=step + 2, save_every=0, eval_every=0,
+                                              resume_from_checkpoint="latest"))
+    assert resumed == 0
+    assert records(out, "resume")[-1]["step"] == step
+    assert records(out, "train")[-1]["step"] == step + 2
+
+
+def test_unfinished_and_damaged_checkpoints_are_never_resumed(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=2, keep_last=3)) == 0
+    assert checkpoints(out) == ["step_0000002", "step_0000004", "step_0000006"]
+    # a save killed half-way leaves only a .tmp directory: never a candidate
+    (out / "checkpoints" / "step_0000008.tmp").mkdir()
+    (out / "checkpoints" / "step_0000008.tmp" / "model.safetensors").write_bytes(b"partial")
+    # the newest complete checkpoint gets corrupted, the one before truncated
+    newest = out / "checkpoints" / "step_0000006" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    optimizer = out / "checkpoints" / "step_0000004" / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    config = run_pretrain.parse_config(tiny_run_args(tiny_data, out, resume_from_checkpoint="latest"))
+    assert run_pretrain.resolve_resume(config, out) == out / "checkpoints" / "step_0000002"
+    warnings = capsys.readouterr().err
+    assert f"{newest} is corrupted (checksum mismatch)" in warnings
+    assert f"{optimizer} is truncated or altered" in warnings
+    explicit = tiny_run_args(tiny_data, out, resume_from_checkpoint=out / "checkpoints" / "step_0000006")
+    assert run_pretrain.main(explicit) == 2
+    assert f"cannot resume: {newest} is corrupted" in capsys.readouterr().err
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=8, resume_from_checkpoint="latest")) == 0
+    assert records(out, "resume")[-1]["step"] == 2
+
+
+def test_keep_last_keeps_the_newest_good_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=2, keep_last=1)) == 0
+    assert checkpoints(out) == ["step_0000006"]
+    assert run_pretrain.checkpoint_problem(out / "checkpoints" / "step_0000006") is None
+
+
+def test_disk_error_during_save_keeps_previous_checkpoints(tiny_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real_save = run_pretrain.Accelerator.save_state
+    calls = []
+
+    def save_state_until_disk_fills(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            Path(output_dir, "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(run_pretrain.Accelerator, "save_state", save_state_until_disk_fills)
+    status = run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=2))
+    assert status == run_pretrain.CHECKPOINT_EXIT_CODE
+    assert "could not write checkpoint" in capsys.readouterr().err
+    assert checkpoints(out) == ["step_0000002"]  # no step_0000004.tmp left behind
+    assert run_pretrain.checkpoint_problem(out / "checkpoints" / "step_0000002") is None
+
+
+def poison_gradients_at(monkeypatch, bad_steps):
+    """train_step whose gradients are NaN at the given (1-based) optimizer steps."""
+    real_step = run_pretrain.train_step
+    count = []
+
+    def train_step(model, *args, **kwargs):
+        result = real_step(model, *args, **kwargs)
+        count.append(1)
+        if len(count) in bad_steps:
+            for param in model.parameters():
+                param.grad.fill_(float("nan"))
+            result.grad_norm = torch.tensor(float("nan"))
+        return result
+
+    monkeypatch.setattr(run_pretrain, "train_step", train_step)
+
+
+def test_nonfinite_step_is_skipped_and_logged(tiny_data, tmp_path, monkeypatch):
+    poison_gradients_at(monkeypatch, {3})
+    out = tmp_path / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, on_nonfinite="skip")) == 0
+    (event,) = records(out, "nonfinite")
+    assert event["step"] == 3 and event["action"] == "skip"
+    weights = load_file(out / "checkpoints" / "step_0000006" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert all(r["loss"] == r["loss"] for r in records(out, "train"))  # NaN is the one value unequal to itself
+
+
+def test_nonfinite_step_stops_the_run_without_saving_over_good_state(tiny_data, tmp_path, monkeypatch):
+    poison_gradients_at(monkeypatch, {5})
+    out = tmp_path / "run"
+    status = run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=8, save_every=2, on_nonfinite="stop"))
+    assert status == run_pretrain.NONFINITE_EXIT_CODE
+    assert checkpoints(out) == ["step_0000002", "step_0000004"]
+    assert records(out, "nonfinite")[0]["step"] == 5
+    assert not (out / "final").exists()
+
+
+def test_data_from_another_tokenizer_is_refused(tiny_data, tmp_path, capsys):
+    other = GPT2ScratchForCausalLM(tiny_config(n_positions=64))  # vocabulary 101, the data's is 384
+    other.save_pretrained(tmp_path / "other")
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "run", init_from=tmp_path / "other")) == 2
+    assert "has vocab 101" in capsys.readouterr().err
+
+
+def test_too_little_disk_for_one_checkpoint_is_refused(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_pretrain.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "run")) == 2
+    assert "one checkpoint needs about" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_ddp_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
+    """Two gloo processes; one is SIGKILLed after step 9 (the launcher then stops the other)."""
+    def run(out, env=None, **overrides):
+        return launch_ddp(tiny_run_args(tiny_data, out, **overrides), env).returncode
+
+    assert run(tmp_path / "straight") == 0
+    assert run(tmp_path / "killed", {"RUN_PRETRAIN_KILL_AFTER_STEP": "9"}) != 0
+    assert checkpoints(tmp_path / "killed") == ["step_0000006"]
+    assert run(tmp_path / "killed", resume_from_checkpoint="latest") == 0
+    straight, killed = records(tmp_path / "straight", "train"), records(tmp_path / "killed", "train")
+    assert [(r["step"], r["loss"]) for r in killed[-6:]] == [(r["step"], r["loss"]) for r in straight[-6:]]
+    a = load_file(tmp_path / "straight" / "checkpoints" / "step_0000012" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "checkpoints" / "step_0000012" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
