@@ -526,7 +526,8 @@ def check_disk_space(output_dir: Path, num_parameters: int):
 def check_output_dir(config: RunConfig, output_dir: Path, resuming: bool):
     """Refuse to mix two runs in one directory, unless resuming or told to overwrite."""
     previous = output_dir / "run_config.yaml"
-    if not previous.exists() or resuming:
+    # `latest` is how a requeued job relaunches: the directory holds this very run, maybe without a checkpoint yet.
+    if not previous.exists() or resuming or config.checkpointing.resume_from_checkpoint == "latest":
         return
     if not config.logging.overwrite_output_dir:
         raise ConfigError(f"{output_dir} holds another run; resume it (--resume_from_checkpoint latest) or pass "

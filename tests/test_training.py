@@ -190,6 +190,31 @@ def test_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_readme_quickstart_commands(tmp_path):
+    """The README's main job, shortened: the same two commands with the step count and paths overridden."""
+    import sysconfig
+
+    import prepare_data
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "--train_tokenizer_vocab 2048 --block_size 128 --output_dir outputs/quickstart/data" in readme
+    assert "run_pretrain.py configs/quickstart.yaml" in readme
+    stdlib = sysconfig.get_paths()["stdlib"]
+    assert prepare_data.main(["--dataset", "text", "--data_files", f"{stdlib}/*.py", "--train_tokenizer_vocab",
+                              "2048", "--block_size", "128", "--output_dir", str(tmp_path / "data")]) == 0
+    status = run_pretrain.main([str(REPO_ROOT / "configs" / "quickstart.yaml"), "--data_dir", str(tmp_path / "data"),
+                                "--output_dir", str(tmp_path / "run"), "--max_steps", "20", "--eval_every", "10",
+                                "--sample_every", "20", "--save_every", "10", "--report_to", "none",
+                                "--dataloader_workers", "0"])
+    assert status == 0
+    evals = losses_in(tmp_path / "run" / "log.jsonl", "eval", "val_loss")
+    assert len(evals) == 2 and evals[1][1] < evals[0][1]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final", trust_remote_code=True).config.n_layer == 4
+
+
+@pytest.mark.slow
 def test_two_ddp_processes_match_one_process_with_double_accumulation(tiny_data, tmp_path):
     """Real DDP over gloo on CPU: 2 processes x 1 micro-step against 1 process x 2 micro-steps."""
     base = tiny_run_args(tiny_data, tmp_path / "one", micro_batch_size=4, total_batch_tokens=8 * 32, max_steps=6,
