@@ -593,23 +593,45 @@ def train_step(model, optimizer, batches, accumulation: int, config: RunConfig, 
     return StepResult(loss_sum / accumulation, grad_norm)
 
 
+class ThroughputMeter:
+    """Tokens/s and MFU over the steps since the last report; the report's `.item()` calls are its only syncs."""
+
+    def __init__(self, model_config, num_parameters: int, block_size: int, tokens_per_step: int,
+                 accelerator: Accelerator):
+        self.tokens_per_step = tokens_per_step
+        self.step_flops = flops_per_token(model_config, num_parameters, block_size) * tokens_per_step
+        peak = device_peak_flops(accelerator.device)
+        self.peak_flops = peak * accelerator.num_processes if peak else None
+        self.steps, self.started = 0, time.perf_counter()
+
+    def report(self) -> dict:
+        elapsed = time.perf_counter() - self.started
+        tokens_per_second = self.tokens_per_step * self.steps / elapsed
+        mfu = self.step_flops * self.steps / elapsed / self.peak_flops if self.peak_flops else None
+        self.steps, self.started = 0, time.perf_counter()
+        return {"tokens_per_second": tokens_per_second, "mfu": mfu}
+
+
+def is_due(step: int, every: int, last_step: int) -> bool:
+    """Periodic work runs every `every` steps (0: never) and always after the last step."""
+    return (every > 0 and step % every == 0) or step == last_step
+
+
 def train(config: RunConfig, accelerator: Accelerator, model, optimizer, scheduler, data: TrainingData,
           start_step: int, output_dir: Path, log: RunLog) -> int:
     """The loop; returns the process exit code (0, preempted, or non-finite)."""
     o, lg, ck = config.optimization, config.logging, config.checkpointing
     batches = train_batches(data, config, accelerator, start_step)
     unwrapped = accelerator.unwrap_model(model)
-    tokens_per_step = config.data.total_batch_tokens
-    step_flops = flops_per_token(unwrapped.config, unwrapped.num_parameters(), data.block_size) * tokens_per_step
-    peak = device_peak_flops(accelerator.device)
-    peak_total = peak * accelerator.num_processes if peak else None
+    meter = ThroughputMeter(unwrapped.config, unwrapped.num_parameters(), data.block_size,
+                            config.data.total_batch_tokens, accelerator)
     steps_per_epoch = len(data.train) // (config.data.micro_batch_size * data.accumulation * accelerator.num_processes)
     preemption = PreemptionFlag()
-    logged_loss = torch.zeros((), device=accelerator.device)
-    logged_steps, window_start = 0, time.perf_counter()
+    loss_sum, good_steps = torch.zeros((), device=accelerator.device), 0  # since the last report
     progress = tqdm(range(start_step, o.max_steps), initial=start_step, total=o.max_steps,
                     disable=not accelerator.is_main_process, desc="Training", dynamic_ncols=True)
     for step in progress:
+        done = step + 1
         result = train_step(model, optimizer, batches, data.accumulation, config, accelerator)
         # One host sync per optimizer step: every process must agree on skipping, stopping or preempting.
         flags = torch.stack([(~torch.isfinite(result.loss)) | (~torch.isfinite(result.grad_norm)),
@@ -617,47 +639,42 @@ def train(config: RunConfig, accelerator: Accelerator, model, optimizer, schedul
         nonfinite, preempted = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
         if nonfinite:
             optimizer.zero_grad(set_to_none=True)
-            log.write("nonfinite", step + 1, action=o.on_nonfinite, loss=result.loss.item(),
+            log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
                       grad_norm=result.grad_norm.item())
             if o.on_nonfinite == "stop":
-                accelerator.print(f"step {step + 1}: non-finite loss or gradient norm; stopping without saving")
+                accelerator.print(f"step {done}: non-finite loss or gradient norm; stopping without saving")
                 return NONFINITE_EXIT_CODE
         else:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            logged_loss += result.loss
-            logged_steps += 1
+            loss_sum += result.loss
+            good_steps += 1
         scheduler.step()
-        done = step + 1
+        meter.steps += 1
 
-        if done % lg.log_every == 0 or done == o.max_steps:
-            mean_loss = accelerator.reduce(logged_loss, reduction="mean").item() / max(1, logged_steps)
-            elapsed = time.perf_counter() - window_start
-            steps_in_window = lg.log_every if done % lg.log_every == 0 else done % lg.log_every
-            tokens_per_second = tokens_per_step * steps_in_window / elapsed
-            mfu = step_flops * steps_in_window / elapsed / peak_total if peak_total else None
+        if is_due(done, lg.log_every, o.max_steps):
+            mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / good_steps if good_steps else None
             metrics = dict(loss=mean_loss, lr=scheduler.get_last_lr()[0], grad_norm=result.grad_norm.item(),
-                           tokens_per_second=tokens_per_second, mfu=mfu, epoch=step // steps_per_epoch)
+                           epoch=step // steps_per_epoch, **meter.report())
             log.write("train", done, **metrics)
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{metrics['lr']:.2e}",
-                                 gnorm=f"{metrics['grad_norm']:.2f}", tok_s=f"{tokens_per_second:,.0f}",
-                                 **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-            logged_loss.zero_()
-            logged_steps, window_start = 0, time.perf_counter()
-        if (lg.eval_every and done % lg.eval_every == 0) or done == o.max_steps:
+            progress.set_postfix(loss=f"{mean_loss:.4f}" if mean_loss else "-", lr=f"{metrics['lr']:.2e}",
+                                 gnorm=f"{metrics['grad_norm']:.2f}", tok_s=f"{metrics['tokens_per_second']:,.0f}",
+                                 **({"mfu": f"{metrics['mfu']:.1%}"} if metrics["mfu"] else {}))
+            loss_sum.zero_()
+            good_steps = 0
+        if is_due(done, lg.eval_every, o.max_steps):
             val_loss = evaluate_loss(model, data, config, accelerator)
             log.write("eval", done, val_loss=val_loss)
             if accelerator.is_main_process:
                 progress.write(f"step {done}: validation loss {val_loss:.4f}")
-        if lg.hellaswag_every and (done % lg.hellaswag_every == 0 or done == o.max_steps):
-            scores = evaluate_hellaswag(model, data, config, accelerator)
-            log.write("hellaswag", done, **scores)
-        if lg.sample_every and (done % lg.sample_every == 0 or done == o.max_steps) and lg.num_samples:
+        if lg.hellaswag_every and is_due(done, lg.hellaswag_every, o.max_steps):
+            log.write("hellaswag", done, **evaluate_hellaswag(model, data, config, accelerator))
+        if lg.sample_every and lg.num_samples and is_due(done, lg.sample_every, o.max_steps):
             samples = generate_samples(model, data.tokenizer, config, accelerator, done)
             log.write("samples", done, samples=samples)
             if accelerator.is_main_process:
                 progress.write("\n".join(f"sample {i}: {text!r}" for i, text in enumerate(samples)))
-        if (ck.save_every and done % ck.save_every == 0) or done == o.max_steps or preempted:
+        if is_due(done, ck.save_every, o.max_steps) or preempted:
             save_checkpoint(accelerator, output_dir, done, ck.keep_last, {"data_fingerprint": _data_key(data)})
         if preempted:
             accelerator.print(f"step {done}: preemption signal received; checkpoint saved, exiting")
