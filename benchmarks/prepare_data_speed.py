@@ -88,13 +88,13 @@ def run_ours(files: list[Path], ranks_path: str, num_proc: int, out_dir: Path, c
     return sum(split["tokens"] for split in metadata["splits"].values())
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--num_proc", type=int, default=2)
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     ranks_path = str(args.data_dir / "gpt2.tiktoken")
 
     results = {"baseline": [], "ours": []}
