@@ -144,8 +144,9 @@ def main(argv=None):
                                                  "mixed_precision", "compile", "warmup", "steps", "vocab")},
         "datasheet_bf16_flops": args.peak, "measured_matmul_flops": args.matmul, "results": results,
     }
-    if len(results) == 2:
-        report["ratio_ours_over_stock"] = results[0]["tokens_per_second"] / results[1]["tokens_per_second"]
+    speed = {r["model"]: r["tokens_per_second"] for r in results}
+    if {"ours", "stock"} <= speed.keys():
+        report["ratio_ours_over_stock"] = speed["ours"] / speed["stock"]
     for r in results:
         mfu = f", MFU {r['mfu_vs_datasheet']:.1%}" if r["mfu_vs_datasheet"] else ""
         memory = f", peak {r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] else ""

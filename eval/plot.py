@@ -47,7 +47,8 @@ def plot_run(log_path: Path, output: Path, baselines: dict[str, float], referenc
         ax.axhline(value, ls=style, color="gray", lw=1)
         ax.annotate(f"{name}: {value:.4f}", (0, value), xycoords=("axes fraction", "data"), fontsize=8,
                     xytext=(4, 3), textcoords="offset points", color="dimgray")
-    ax.set(xlabel="optimizer step", ylabel="loss (nats per token)", title=f"Loss: {log_path.parent.name}")
+    run_name = "/".join(log_path.resolve().parent.parts[-2:])
+    ax.set(xlabel="optimizer step", ylabel="loss (nats per token)", title=f"Loss: {run_name}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     if has_hellaswag:
@@ -61,6 +62,8 @@ def plot_run(log_path: Path, output: Path, baselines: dict[str, float], referenc
             ax.annotate(f"{name}: {value}", (0, value), xycoords=("axes fraction", "data"), fontsize=8,
                         xytext=(4, 3), textcoords="offset points", color="dimgray")
         ax.axhline(0.25, color="lightgray", lw=1)
+        ax.annotate("chance (4 endings)", (1, 0.25), xycoords=("axes fraction", "data"), ha="right", fontsize=8,
+                    xytext=(-4, 3), textcoords="offset points", color="gray")
         ax.set(xlabel="optimizer step", ylabel="accuracy", title="HellaSwag-schema multiple choice")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
