@@ -392,14 +392,30 @@ def prepare(args: PrepareArguments) -> dict:
         tokenizer = train_bpe_tokenizer(corpus, args.text_column, args.train_tokenizer_vocab)
     else:
         tokenizer = load_tokenizer(args.tokenizer)
-    eot_id = end_of_text_id(tokenizer)
-    vocab_size = len(tokenizer)
-    dtype = "uint16" if vocab_size <= 2**16 else "uint32"
+    end_of_text_id(tokenizer)  # fails early, before anything is written
 
     output = Path(args.output_dir)
     staging = output.with_name(output.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        metadata = build_splits(args, corpus, tokenizer, staging)
+    except BaseException:  # an error or Ctrl-C: nothing half-written stays behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_directory(staging, output)
+
+    elapsed = time.time() - started
+    metadata["elapsed_seconds"] = elapsed
+    print_summary(metadata, elapsed, directory_bytes(output), output)
+    return metadata
+
+
+def build_splits(args: PrepareArguments, corpus: datasets.Dataset, tokenizer, staging: Path) -> dict:
+    """Tokenize, split, pack and save into `staging`, with the tokenizer and the metadata; returns the metadata."""
+    eot_id = end_of_text_id(tokenizer)
+    vocab_size = len(tokenizer)
+    dtype = "uint16" if vocab_size <= 2**16 else "uint32"
     tokenizer.save_pretrained(staging / TOKENIZER_SUBDIR)
 
     num_proc = max(1, min(args.num_proc, len(corpus)))
@@ -447,11 +463,6 @@ def prepare(args: PrepareArguments) -> dict:
         "replacement_chars": replacement_chars,
     }
     (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    replace_directory(staging, output)
-
-    elapsed = time.time() - started
-    metadata["elapsed_seconds"] = elapsed
-    print_summary(metadata, elapsed, directory_bytes(output), output)
     return metadata
 
 

@@ -195,8 +195,10 @@ def test_bad_inputs_give_one_line_errors(corpus, tmp_path, ranks_file, capsys):
     expect_error(capsys, ["--output_dir", str(tmp_path / "d"), "--dataset", "text", "--data_files",
                           str(corpus / "*.txt"), "--tokenizer", str(tmp_path / "missing.tiktoken")],
                  "cannot load tokenizer")
-    for folder in "abcd":
-        assert not (tmp_path / folder).exists()
+    expect_error(capsys, ["--output_dir", str(tmp_path / "e"), "--dataset", "text", "--data_files",
+                          str(corpus / "*.txt"), "--val_tokens", "1000000", *common], "takes every document")
+    for folder in "abcde":  # nothing written, not even the staging directory of a run that failed late
+        assert not (tmp_path / folder).exists() and not (tmp_path / f"{folder}.tmp").exists()
 
 
 def test_output_holding_other_data_is_refused_and_kept(corpus, tmp_path, ranks_file, capsys):
