@@ -713,10 +713,11 @@ def run(config: RunConfig) -> int:
     output_dir = Path(config.logging.output_dir)
     resume_from = resolve_resume(config, output_dir)
     check_output_dir(config, output_dir, resuming=resume_from is not None)
-    data = build_data(config, int(os.environ.get("WORLD_SIZE", "1")))  # set by accelerate launch / torchrun
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch, torchrun, or the SLURM script
+    data = build_data(config, world_size)
     accelerator = build_accelerator(config)
-    if accelerator.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
-        raise ConfigError(f"accelerate runs {accelerator.num_processes} processes but WORLD_SIZE says otherwise")
+    if accelerator.num_processes != world_size:
+        raise ConfigError(f"accelerate runs {accelerator.num_processes} processes but WORLD_SIZE is {world_size}")
     set_seed(config.optimization.seed)
     model = build_model(config, data)
     check_disk_space(output_dir, model.num_parameters())
