@@ -719,7 +719,7 @@ def run(config: RunConfig) -> int:
     if accelerator.num_processes != world_size:
         raise ConfigError(f"accelerate runs {accelerator.num_processes} processes but WORLD_SIZE is {world_size}")
     set_seed(config.optimization.seed)
-    model = build_model(config, data)
+    model = build_model(config, data).to(accelerator.device)  # on its device before a fused AdamW sees it
     check_disk_space(output_dir, model.num_parameters())
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
