@@ -254,14 +254,36 @@ class BlockPacker:
         )
 
 
-def packed_rows(split: datasets.Dataset) -> np.ndarray:
-    """A saved split as a (rows, block_size + 1) array of its stored dtype, memory-mapped: nothing is copied
-    unless the column spans several Arrow chunks."""
-    column = split.data.column("input_ids")
-    width = column.type.list_size
-    values = pc.list_flatten(column)
-    values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
-    return values.to_numpy(zero_copy_only=False).reshape(-1, width)
+class PackedRows:
+    """A saved split's rows of block_size + 1 tokens, read in place from the memory-mapped Arrow files.
+
+    A split of 10B tokens spans many Arrow chunks; each stays a zero-copy numpy view, and `take`
+    gathers rows across them, so no process ever holds more than the rows it asks for.
+    """
+
+    def __init__(self, split: datasets.Dataset):
+        column = split.data.column("input_ids")
+        self.width = column.type.list_size
+        self.chunks = [chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.width)
+                       for chunk in column.chunks if len(chunk)]
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in self.chunks])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def dtype(self):
+        return self.chunks[0].dtype
+
+    def take(self, indices) -> np.ndarray:
+        """Rows at `indices`, in that order, as one (len(indices), width) array."""
+        indices = np.asarray(indices, dtype=np.int64)
+        chunk_of = np.searchsorted(self.starts, indices, side="right") - 1
+        out = np.empty((len(indices), self.width), dtype=self.dtype)
+        for chunk in np.unique(chunk_of):
+            here = chunk_of == chunk
+            out[here] = self.chunks[chunk][indices[here] - self.starts[chunk]]
+        return out
 
 
 # ---- corpus -----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from configuration import GPT2ScratchConfig
 from eval import hellaswag
 from eval.val_loss import row_batches, validation_loss
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
-from prepare_data import METADATA_FILE, TOKENIZER_SUBDIR, packed_rows
+from prepare_data import METADATA_FILE, TOKENIZER_SUBDIR, PackedRows
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
 NONFINITE_EXIT_CODE = 3
@@ -186,23 +186,28 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
 # ---- data ----------------------------------------------------------------------------------------------------
 
 
-class PackedRows(torch.utils.data.Dataset):
-    """Rows of a prepared split, memory-mapped; indexed by a whole batch of row numbers at once.
+class RowBatches(torch.utils.data.Dataset):
+    """A prepared split for the DataLoader, indexed by a whole batch of row numbers at once.
 
-    Holds the `datasets.Dataset` (pickled by file reference into loader workers), not the array view.
+    Holds the `datasets.Dataset` (pickled by file reference into loader workers); each process maps
+    the rows itself, lazily.
     """
 
     def __init__(self, split: datasets.Dataset):
         self.split = split
         self._rows = None
 
+    @property
+    def rows(self) -> PackedRows:
+        if self._rows is None:
+            self._rows = PackedRows(self.split)
+        return self._rows
+
     def __len__(self):
         return len(self.split)
 
     def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._rows is None:
-            self._rows = packed_rows(self.split)
-        rows = torch.from_numpy(self._rows[np.sort(indices)].astype(np.int64))  # (B, block_size + 1)
+        rows = torch.from_numpy(self.rows.take(np.sort(indices)).astype(np.int64))  # (B, block_size + 1)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs, aligned targets
 
 
@@ -240,8 +245,8 @@ class TrainBatchOrder(torch.utils.data.Sampler):
 
 @dataclass
 class TrainingData:
-    train: PackedRows
-    validation: PackedRows
+    train: RowBatches
+    validation: RowBatches
     metadata: dict
     tokenizer: object
     block_size: int
@@ -275,7 +280,7 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
     splits = datasets.load_from_disk(config.data.data_dir)
     tokenizer = AutoTokenizer.from_pretrained(Path(config.data.data_dir) / TOKENIZER_SUBDIR)
     accumulation = gradient_accumulation_steps(config, block_size, world_size)
-    train, validation = PackedRows(splits["train"]), PackedRows(splits["validation"])
+    train, validation = RowBatches(splits["train"]), RowBatches(splits["validation"])
     rows_per_step = config.data.micro_batch_size * accumulation * world_size
     if len(train) < rows_per_step:
         raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {rows_per_step}")
@@ -392,7 +397,7 @@ def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Acc
     """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes."""
     rows = min(len(data.validation), max(1, config.logging.eval_tokens // data.block_size))
     mine = np.arange(accelerator.process_index, rows, accelerator.num_processes)
-    batches = row_batches(packed_rows(data.validation.split), mine, config.data.micro_batch_size)
+    batches = row_batches(data.validation.rows, mine, config.data.micro_batch_size)
     return validation_loss(model, batches, accelerator)
 
 

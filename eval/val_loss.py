@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 
-def row_batches(rows: np.ndarray, indices: np.ndarray, batch_size: int):
-    """(inputs, targets) CPU batches of the packed rows at `indices`."""
+def row_batches(rows, indices: np.ndarray, batch_size: int):
+    """(inputs, targets) CPU batches of the rows at `indices` of a `prepare_data.PackedRows`."""
     for start in range(0, len(indices), batch_size):
-        batch = torch.from_numpy(rows[indices[start : start + batch_size]].astype(np.int64))
+        batch = torch.from_numpy(rows.take(indices[start : start + batch_size]).astype(np.int64))
         yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # stock models .view() their labels
 
 
@@ -54,15 +54,15 @@ def main(argv=None) -> int:
     import datasets
     from transformers import AutoModelForCausalLM
 
-    from prepare_data import packed_rows
+    from prepare_data import PackedRows
 
-    rows = packed_rows(datasets.load_from_disk(args.data_dir)["validation"])
-    count = min(len(rows), max(1, args.tokens // (rows.shape[1] - 1)))
+    rows = PackedRows(datasets.load_from_disk(args.data_dir)["validation"])
+    count = min(len(rows), max(1, args.tokens // (rows.width - 1)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(device)
     loss = validation_loss(model, row_batches(rows, np.arange(count), args.batch_size))
-    print(json.dumps({"model": args.model, "data_dir": args.data_dir, "tokens": count * (rows.shape[1] - 1),
+    print(json.dumps({"model": args.model, "data_dir": args.data_dir, "tokens": count * (rows.width - 1),
                       "val_loss": loss}, indent=2))
     return 0
 

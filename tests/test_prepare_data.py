@@ -12,11 +12,11 @@ from tiktoken_ext.openai_public import r50k_pat_str
 import prepare_data
 from prepare_data import (
     DocumentTokenizer,
+    PackedRows,
     PrepareArguments,
     gpt2_mergeable_ranks,
     load_tokenizer,
     main,
-    packed_rows,
     prepare,
 )
 
@@ -63,7 +63,8 @@ def run(corpus, out, ranks_file, **overrides):
 
 
 def rows_of(out, split):
-    return packed_rows(datasets.load_from_disk(str(out))[split])
+    rows = PackedRows(datasets.load_from_disk(str(out))[split])
+    return rows.take(np.arange(len(rows)))
 
 
 def test_tiktoken_file_becomes_a_tokenizer_with_gpt2_ids(ranks_file, reference):
@@ -211,3 +212,16 @@ def test_output_holding_other_data_is_refused_and_kept(corpus, tmp_path, ranks_f
     assert main(argv + ["--overwrite"]) == 0
     assert rows_of(tmp_path / "out", "train").shape[1] == 17
     assert not (tmp_path / "out.tmp").exists() and not (tmp_path / "out.old").exists()
+
+
+def test_packed_rows_read_across_arrow_chunks_in_place(tmp_path):
+    reference = np.random.default_rng(0).integers(0, 50257, size=(50, 9)).astype(np.uint16)
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("uint16"), length=9)})
+    split = datasets.Dataset.from_dict({"input_ids": reference.tolist()}, features=features)
+    split.save_to_disk(str(tmp_path / "split"), max_shard_size=200)  # many shards: many Arrow chunks
+    loaded = datasets.load_from_disk(str(tmp_path / "split"))
+    rows = PackedRows(loaded)
+    assert len(rows.chunks) > 3 and len(rows) == 50 and rows.dtype == np.uint16
+    indices = np.array([49, 0, 17, 17, 33, 2])
+    assert np.array_equal(rows.take(indices), reference[indices])
+    assert all(not chunk.flags.owndata for chunk in rows.chunks)  # views of the mapped files, not copies
