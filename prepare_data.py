@@ -17,6 +17,7 @@ import glob
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
@@ -51,6 +52,7 @@ MAX_DEFAULT_VAL_TOKENS = 100_000_000
 DEFAULT_VAL_FRACTION = 0.05
 # Documents packed together; a group leaves fewer than block_size tokens untargeted (0.1% of a FineWeb group).
 PACK_GROUP_DOCUMENTS = 10_000
+STREAM_BATCH_DOCUMENTS = 1000
 
 
 class PrepareError(Exception):
@@ -89,6 +91,10 @@ class PrepareArguments:
     max_documents: int | None = field(default=None, metadata={"help": "Use only the first N documents."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an output directory holding other data."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache (default: HF_DATASETS_CACHE)."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the source instead of caching it: disk holds only the packed output. "
+                                 "Validation is then the stream's first documents."}
+    )
 
     @property
     def is_local(self) -> bool:
@@ -216,6 +222,19 @@ class DocumentTokenizer:
         })
 
 
+def pack_stream(stream: np.ndarray, block_size: int) -> np.ndarray:
+    """Rows i = stream[i * block_size : (i + 1) * block_size + 1]: (rows, block_size + 1), neighbours sharing a token.
+
+    The tokens after the last row's end (fewer than block_size) are left over; stream[rows * block_size:]
+    is where a continuing stream picks up.
+    """
+    rows = max(0, (len(stream) - 1) // block_size)
+    if rows == 0:
+        return np.empty((0, block_size + 1), dtype=stream.dtype)
+    windows = np.lib.stride_tricks.sliding_window_view(stream, block_size + 1)
+    return np.ascontiguousarray(windows[::block_size][:rows])
+
+
 class BlockPacker:
     """`datasets.map` function over group numbers: group g packs documents `doc_ids[g * G : (g + 1) * G]`
     into rows of block_size + 1 tokens with stride block_size.
@@ -233,13 +252,8 @@ class BlockPacker:
         (group,) = batch["group"]
         ids = self.doc_ids[group * self.group_documents : (group + 1) * self.group_documents]
         stream = pc.list_flatten(self.documents.data.column("input_ids").take(pa.array(ids))).to_numpy()
-        rows = max(0, (len(stream) - 1) // self.block_size)
-        if rows == 0:
-            packed = np.empty((0, self.block_size + 1), dtype=stream.dtype)
-        else:  # row i is stream[i * block_size : (i + 1) * block_size + 1]
-            windows = np.lib.stride_tricks.sliding_window_view(stream, self.block_size + 1)
-            packed = windows[:: self.block_size][:rows]  # (rows, block_size + 1), a view until flattened
-        flat = pa.array(np.ascontiguousarray(packed).reshape(-1))
+        packed = pack_stream(stream, self.block_size)
+        flat = pa.array(packed.reshape(-1))
         return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(flat, self.block_size + 1)})
 
     @staticmethod
@@ -286,6 +300,86 @@ class PackedRows:
         return out
 
 
+class StreamedSplit:
+    """Rows of one split packed from a document stream as it is tokenized (used with --streaming).
+
+    Tokenization runs in a process pool over batches of documents, in order; rows are cut from the
+    running token stream, so only the stream's last partial row is left untargeted. The validation
+    split stops at the first document boundary past `token_budget`.
+    """
+
+    def __init__(self, documents, tokenize: "DocumentTokenizer", text_column: str, block_size: int,
+                 num_proc: int, token_budget: int | None = None):
+        self.documents, self.tokenize, self.text_column = documents, tokenize, text_column
+        self.block_size, self.num_proc, self.token_budget = block_size, num_proc, token_budget
+        self.counts = {"documents": 0, "tokens": 0, "replacement_chars": 0}
+
+    def _text_batches(self):
+        batch = []
+        for record in self.documents:
+            batch.append(record[self.text_column])
+            if len(batch) == STREAM_BATCH_DOCUMENTS:
+                yield pa.table({self.text_column: batch})
+                batch = []
+        if batch:
+            yield pa.table({self.text_column: batch})
+
+    def rows(self):
+        carry = np.empty(0, dtype=self.tokenize.dtype)
+        with multiprocessing.get_context("spawn").Pool(self.num_proc) as pool:
+            for table in pool.imap(self.tokenize, self._text_batches()):
+                lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+                if self.token_budget is not None:  # keep documents up to the first one that fills the budget
+                    needed = self.token_budget - self.counts["tokens"]
+                    table = table.slice(0, int(np.searchsorted(np.cumsum(lengths), needed)) + 1)
+                    lengths = lengths[: table.num_rows]
+                self.counts["documents"] += table.num_rows
+                self.counts["tokens"] += int(lengths.sum())
+                self.counts["replacement_chars"] += int(pc.sum(table.column("replacement_chars")).as_py() or 0)
+                stream = np.concatenate([carry, pc.list_flatten(table.column("input_ids")).to_numpy()])
+                packed = pack_stream(stream, self.block_size)
+                carry = stream[len(packed) * self.block_size :] if len(packed) else stream
+                yield from ({"input_ids": row} for row in packed)
+                if self.token_budget is not None and self.counts["tokens"] >= self.token_budget:
+                    return
+
+
+def build_streamed_splits(args: PrepareArguments, stream, tokenizer, staging: Path) -> dict:
+    """--streaming: validation is the stream's first documents (at least --val_tokens), training the rest."""
+    eot_id, vocab_size = end_of_text_id(tokenizer), len(tokenizer)
+    dtype = "uint16" if vocab_size <= 2**16 else "uint32"
+    tokenizer.save_pretrained(staging / TOKENIZER_SUBDIR)
+    ranks = load_tiktoken_bpe(args.tokenizer) if args.tokenizer.endswith(".tiktoken") else gpt2_mergeable_ranks(
+        tokenizer)
+    tokenize = DocumentTokenizer(str(staging / TOKENIZER_SUBDIR), args.text_column, eot_id, dtype, ranks)
+    val_tokens = args.val_tokens if args.val_tokens is not None else MAX_DEFAULT_VAL_TOKENS
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value(dtype), length=args.block_size + 1)})
+    parts = {"validation": StreamedSplit(stream, tokenize, args.text_column, args.block_size, args.num_proc,
+                                         val_tokens)}
+    built = {}
+    for name in ("validation", "train"):
+        if name == "train":
+            held_out = parts["validation"].counts["documents"]
+            parts["train"] = StreamedSplit(stream.skip(held_out), tokenize, args.text_column, args.block_size,
+                                           args.num_proc)
+        built[name] = datasets.Dataset.from_generator(
+            parts[name].rows, features=features, cache_dir=str(staging / "stream_cache"),
+            fingerprint=f"stream-{name}-{time.time_ns()}",  # never served from a cache: the source may change
+        )
+    if parts["validation"].counts["tokens"] < val_tokens or len(built["train"]) == 0:
+        raise PrepareError(f"the stream ended before {val_tokens} validation tokens and one training row; "
+                           "pass a smaller --val_tokens")
+    datasets.DatasetDict(built).save_to_disk(str(staging))
+    shutil.rmtree(staging / "stream_cache")
+    split_stats = {
+        name: {"documents": part.counts["documents"], "tokens": part.counts["tokens"], "rows": len(built[name]),
+               "dropped_tokens": part.counts["tokens"] - len(built[name]) * args.block_size}
+        for name, part in parts.items()
+    }
+    return write_metadata(args, staging, tokenizer, eot_id, dtype, ranks, val_tokens, split_stats,
+                          sum(part.counts["replacement_chars"] for part in parts.values()))
+
+
 # ---- corpus -----------------------------------------------------------------------------------------------
 
 
@@ -298,13 +392,14 @@ def load_corpus(args: PrepareArguments) -> datasets.Dataset:
     kwargs = {}
     if args.dataset == "text":
         kwargs = dict(sample_by=args.text_unit, encoding_errors="replace")
+    kwargs.update(split=args.split, cache_dir=args.cache_dir, streaming=args.streaming)
     try:
         if args.is_local:
-            corpus = datasets.load_dataset(args.dataset, data_files=args.data_files, split=args.split,
-                                           cache_dir=args.cache_dir, **kwargs)
+            corpus = datasets.load_dataset(args.dataset, data_files=args.data_files, **kwargs)
         else:
-            corpus = datasets.load_dataset(args.dataset, args.dataset_config, split=args.split,
-                                           cache_dir=args.cache_dir)
+            corpus = datasets.load_dataset(args.dataset, args.dataset_config, **kwargs)
+        if args.streaming:
+            return check_stream(corpus, args)
     except FileNotFoundError as error:
         raise PrepareError(f"no data found for {args.dataset} {args.data_files or ''}: {error}") from None
     except datasets.exceptions.DatasetGenerationError as error:
@@ -320,6 +415,17 @@ def load_corpus(args: PrepareArguments) -> datasets.Dataset:
     if len(corpus) == 0:
         raise PrepareError(f"the corpus {args.dataset} {args.data_files or ''} holds no documents")
     return corpus
+
+
+def check_stream(stream: datasets.IterableDataset, args: PrepareArguments) -> datasets.IterableDataset:
+    """The stream's first record shows whether it has documents and the text column."""
+    first = next(iter(stream), None)
+    if first is None:
+        raise PrepareError(f"the corpus {args.data_files or args.dataset} holds no documents")
+    if args.text_column not in first:
+        raise PrepareError(f"no column {args.text_column!r} in the corpus; its columns are {sorted(first)}")
+    stream = stream.select_columns([args.text_column])
+    return stream.take(args.max_documents) if args.max_documents is not None else stream
 
 
 def default_val_tokens(total_tokens: int, block_size: int) -> int:
@@ -409,6 +515,8 @@ def prepare(args: PrepareArguments) -> dict:
         print(f"{args.output_dir} already holds this preparation; nothing to do (--overwrite redoes it)")
         return json.loads((Path(args.output_dir) / METADATA_FILE).read_text())
 
+    if args.streaming and args.train_tokenizer_vocab:
+        raise PrepareError("--train_tokenizer_vocab needs the whole corpus first; it does not combine with --streaming")
     corpus = load_corpus(args)
     if args.train_tokenizer_vocab:
         tokenizer = train_bpe_tokenizer(corpus, args.text_column, args.train_tokenizer_vocab)
@@ -421,7 +529,8 @@ def prepare(args: PrepareArguments) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        metadata = build_splits(args, corpus, tokenizer, staging)
+        build = build_streamed_splits if args.streaming else build_splits
+        metadata = build(args, corpus, tokenizer, staging)
     except BaseException:  # an error or Ctrl-C: nothing half-written stays behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -471,12 +580,17 @@ def build_splits(args: PrepareArguments, corpus: datasets.Dataset, tokenizer, st
     }
 
     packed.save_to_disk(str(staging), num_proc=None)
+    return write_metadata(args, staging, tokenizer, eot_id, dtype, ranks, val_tokens, split_stats, replacement_chars)
+
+
+def write_metadata(args, staging: Path, tokenizer, eot_id: int, dtype: str, ranks, val_tokens: int,
+                   split_stats: dict, replacement_chars: int) -> dict:
     metadata = {
         "pipeline_version": PIPELINE_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "arguments": args.to_metadata_key(),
         "source": args.source_description(),
-        "tokenizer": {"name_or_path": tokenizer.name_or_path, "vocab_size": vocab_size, "eot_id": eot_id,
+        "tokenizer": {"name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer), "eot_id": eot_id,
                       "backend": "tiktoken" if ranks else "tokenizers"},
         "block_size": args.block_size,
         "dtype": dtype,

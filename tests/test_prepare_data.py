@@ -225,3 +225,24 @@ def test_packed_rows_read_across_arrow_chunks_in_place(tmp_path):
     indices = np.array([49, 0, 17, 17, 33, 2])
     assert np.array_equal(rows.take(indices), reference[indices])
     assert all(not chunk.flags.owndata for chunk in rows.chunks)  # views of the mapped files, not copies
+
+
+def test_streaming_mode_packs_the_stream_exactly(corpus, tmp_path, ranks_file, reference):
+    one = run(corpus, tmp_path / "one", ranks_file, streaming=True, val_tokens=40, num_proc=1)
+    two = run(corpus, tmp_path / "two", ranks_file, streaming=True, val_tokens=40, num_proc=2)
+    assert one["splits"] == two["splits"]
+    encoded = {text: [EOT] + reference.encode_ordinary(text) for text in DOCUMENTS}
+    assert sum(s["tokens"] for s in one["splits"].values()) == sum(map(len, encoded.values()))
+    assert one["splits"]["validation"]["tokens"] >= 40
+    seen = []
+    for split in ("train", "validation"):
+        rows = rows_of(tmp_path / "one", split)
+        assert np.array_equal(rows, rows_of(tmp_path / "two", split))
+        assert (rows[1:, 0] == rows[:-1, -1]).all()
+        stream = np.concatenate([rows[0]] + [row[1:] for row in rows[1:]]).tolist()
+        complete = [[EOT] + s for s in _split_on(stream, EOT)][:-1]
+        assert all(ids in encoded.values() for ids in complete)
+        seen.append({tuple(ids) for ids in complete})
+        stats = one["splits"][split]
+        assert stats["dropped_tokens"] == stats["tokens"] - len(rows) * BLOCK <= BLOCK  # only the stream's tail
+    assert not seen[0] & seen[1]
