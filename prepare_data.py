@@ -346,12 +346,8 @@ class StreamedSplit:
 
 def build_streamed_splits(args: PrepareArguments, stream, tokenizer, staging: Path) -> dict:
     """--streaming: validation is the stream's first documents (at least --val_tokens), training the rest."""
-    eot_id, vocab_size = end_of_text_id(tokenizer), len(tokenizer)
-    dtype = "uint16" if vocab_size <= 2**16 else "uint32"
-    tokenizer.save_pretrained(staging / TOKENIZER_SUBDIR)
-    ranks = load_tiktoken_bpe(args.tokenizer) if args.tokenizer.endswith(".tiktoken") else gpt2_mergeable_ranks(
-        tokenizer)
-    tokenize = DocumentTokenizer(str(staging / TOKENIZER_SUBDIR), args.text_column, eot_id, dtype, ranks)
+    tokenize = document_tokenizer(args, tokenizer, staging)
+    dtype = tokenize.dtype
     val_tokens = args.val_tokens if args.val_tokens is not None else MAX_DEFAULT_VAL_TOKENS
     features = datasets.Features({"input_ids": datasets.List(datasets.Value(dtype), length=args.block_size + 1)})
     parts = {"validation": StreamedSplit(stream, tokenize, args.text_column, args.block_size, args.num_proc,
@@ -376,7 +372,7 @@ def build_streamed_splits(args: PrepareArguments, stream, tokenizer, staging: Pa
                "dropped_tokens": part.counts["tokens"] - len(built[name]) * args.block_size}
         for name, part in parts.items()
     }
-    return write_metadata(args, staging, tokenizer, eot_id, dtype, ranks, val_tokens, split_stats,
+    return write_metadata(args, staging, tokenizer, tokenize, val_tokens, split_stats,
                           sum(part.counts["replacement_chars"] for part in parts.values()))
 
 
@@ -544,15 +540,9 @@ def prepare(args: PrepareArguments) -> dict:
 
 def build_splits(args: PrepareArguments, corpus: datasets.Dataset, tokenizer, staging: Path) -> dict:
     """Tokenize, split, pack and save into `staging`, with the tokenizer and the metadata; returns the metadata."""
-    eot_id = end_of_text_id(tokenizer)
+    tokenize = document_tokenizer(args, tokenizer, staging)
     vocab_size = len(tokenizer)
-    dtype = "uint16" if vocab_size <= 2**16 else "uint32"
-    tokenizer.save_pretrained(staging / TOKENIZER_SUBDIR)
-
     num_proc = max(1, min(args.num_proc, len(corpus)))
-    is_ranks_file = args.tokenizer.endswith(".tiktoken") and not args.train_tokenizer_vocab
-    ranks = load_tiktoken_bpe(args.tokenizer) if is_ranks_file else gpt2_mergeable_ranks(tokenizer)
-    tokenize = DocumentTokenizer(str(staging / TOKENIZER_SUBDIR), args.text_column, eot_id, dtype, ranks)
     tokenized = corpus.with_format("arrow").map(
         tokenize, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=[args.text_column],
         desc="Tokenizing", new_fingerprint=_fingerprint(corpus, args, "tokenize", vocab_size),
@@ -580,20 +570,30 @@ def build_splits(args: PrepareArguments, corpus: datasets.Dataset, tokenizer, st
     }
 
     packed.save_to_disk(str(staging), num_proc=None)
-    return write_metadata(args, staging, tokenizer, eot_id, dtype, ranks, val_tokens, split_stats, replacement_chars)
+    return write_metadata(args, staging, tokenizer, tokenize, val_tokens, split_stats, replacement_chars)
 
 
-def write_metadata(args, staging: Path, tokenizer, eot_id: int, dtype: str, ranks, val_tokens: int,
+def document_tokenizer(args: PrepareArguments, tokenizer, staging: Path) -> DocumentTokenizer:
+    """Save the tokenizer into the output and build the map function that encodes documents with it."""
+    tokenizer.save_pretrained(staging / TOKENIZER_SUBDIR)
+    dtype = "uint16" if len(tokenizer) <= 2**16 else "uint32"
+    is_ranks_file = args.tokenizer.endswith(".tiktoken") and not args.train_tokenizer_vocab
+    ranks = load_tiktoken_bpe(args.tokenizer) if is_ranks_file else gpt2_mergeable_ranks(tokenizer)
+    return DocumentTokenizer(str(staging / TOKENIZER_SUBDIR), args.text_column, end_of_text_id(tokenizer), dtype,
+                             ranks)
+
+
+def write_metadata(args, staging: Path, tokenizer, tokenize: DocumentTokenizer, val_tokens: int,
                    split_stats: dict, replacement_chars: int) -> dict:
     metadata = {
         "pipeline_version": PIPELINE_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "arguments": args.to_metadata_key(),
         "source": args.source_description(),
-        "tokenizer": {"name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer), "eot_id": eot_id,
-                      "backend": "tiktoken" if ranks else "tokenizers"},
+        "tokenizer": {"name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer),
+                      "eot_id": tokenize.eot_id, "backend": "tiktoken" if tokenize.ranks else "tokenizers"},
         "block_size": args.block_size,
-        "dtype": dtype,
+        "dtype": tokenize.dtype,
         "val_tokens_requested": val_tokens,
         "splits": split_stats,
         "replacement_chars": replacement_chars,
