@@ -251,6 +251,7 @@ class TrainingData:
     tokenizer: object
     block_size: int
     accumulation: int
+    rows_per_step: int  # micro-batch x accumulation x processes
     hellaswag: list | None  # examples, when the loop evaluates HellaSwag
 
 
@@ -290,7 +291,7 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
             examples = hellaswag.load_examples(config.logging.hellaswag_file)
         except (hellaswag.HellaSwagDataError, OSError) as error:
             raise ConfigError(str(error)) from None
-    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, examples)
+    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, rows_per_step, examples)
 
 
 def train_batches(data: TrainingData, config: RunConfig, accelerator: Accelerator, start_step: int):
@@ -551,8 +552,6 @@ def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: 
             unwrapped.to_gpt2().save_pretrained(output_dir / "final_gpt2")
             data.tokenizer.save_pretrained(output_dir / "final_gpt2")
         if config.hub.push_to_hub:
-            if not config.hub.hub_model_id:
-                raise ConfigError("--push_to_hub needs --hub_model_id")
             unwrapped.push_to_hub(config.hub.hub_model_id, private=config.hub.hub_private)
             data.tokenizer.push_to_hub(config.hub.hub_model_id, private=config.hub.hub_private)
     return final_dir
@@ -630,7 +629,7 @@ def train(config: RunConfig, accelerator: Accelerator, model, optimizer, schedul
     unwrapped = accelerator.unwrap_model(model)
     meter = ThroughputMeter(unwrapped.config, unwrapped.num_parameters(), data.block_size,
                             config.data.total_batch_tokens, accelerator)
-    steps_per_epoch = len(data.train) // (config.data.micro_batch_size * data.accumulation * accelerator.num_processes)
+    steps_per_epoch = len(data.train) // data.rows_per_step
     preemption = PreemptionFlag()
     loss_sum, good_steps = torch.zeros((), device=accelerator.device), 0  # since the last report
     progress = tqdm(range(start_step, o.max_steps), initial=start_step, total=o.max_steps,
@@ -716,6 +715,8 @@ def build_accelerator(config: RunConfig) -> Accelerator:
 def run(config: RunConfig) -> int:
     # Everything that can be wrong with the configuration is checked before the accelerator is set up.
     output_dir = Path(config.logging.output_dir)
+    if config.hub.push_to_hub and not config.hub.hub_model_id:
+        raise ConfigError("--push_to_hub needs --hub_model_id")
     resume_from = resolve_resume(config, output_dir)
     check_output_dir(config, output_dir, resuming=resume_from is not None)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch, torchrun, or the SLURM script

@@ -141,6 +141,9 @@ def test_configuration_errors_are_one_line_and_early(tiny_data, tmp_path, capsys
         assert message in capsys.readouterr().err
     assert run_pretrain.main(["--learning_rat=0.1"]) == 2
     assert "did you mean 'learning_rate'" in capsys.readouterr().err
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "run", push_to_hub=True)) == 2
+    assert "--push_to_hub needs --hub_model_id" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_end_to_end_job_and_refusal_to_mix_runs(tiny_data, tmp_path, capsys):
