@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from eval import evaluating
+
 HUB_DATASET = "Rowan/hellaswag"  # the validation split has 10,042 examples
 NUM_ENDINGS = 4
 
@@ -121,16 +123,11 @@ def evaluate_model(model, tokenizer, examples: list[Example], accelerator=None, 
                    max_length: int | None = None) -> dict:
     """acc and acc_norm over all examples; with an accelerator, each process scores its share and counts add up."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
     config = getattr(model, "config", None) or accelerator.unwrap_model(model).config
     max_length = max_length or config.n_positions
     mine = examples[rank::world]
-    was_training = model.training
-    model.eval()
-    autocast = accelerator.autocast() if accelerator else torch.autocast(device.type, enabled=False)
-    with autocast:
+    with evaluating(model, accelerator) as device:
         choices = predict(model, tokenizer, mine, batch_size, device, max_length)
-    model.train(was_training)
     counts = torch.tensor([sum(c[0] == e.label for c, e in zip(choices, mine, strict=True)),
                            sum(c[1] == e.label for c, e in zip(choices, mine, strict=True)), len(mine)],
                           dtype=torch.float64, device=device)

@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import torch
 
+from eval import evaluating
+
 
 def row_batches(rows, indices: np.ndarray, batch_size: int):
     """(inputs, targets) CPU batches of the rows at `indices` of a `prepare_data.PackedRows`."""
@@ -21,25 +23,21 @@ def row_batches(rows, indices: np.ndarray, batch_size: int):
         yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # stock models .view() their labels
 
 
-@torch.no_grad()
 def validation_loss(model, batches, accelerator=None) -> float:
     """Mean next-token loss over every target in `batches`, summed exactly across processes.
 
     `labels` and `shift_labels` are both passed so that stock transformers models (which shift `labels`
     unless given `shift_labels`) and ours score the same targets; `num_items_in_batch=1` makes it a sum.
     """
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, target count
-    for inputs, targets in batches:
-        inputs, targets = inputs.to(device), targets.to(device)
-        with accelerator.autocast() if accelerator else torch.autocast(device.type, enabled=False):
+    with evaluating(model, accelerator) as device:
+        totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, target count
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(device), targets.to(device)
             out = model(input_ids=inputs, labels=targets, shift_labels=targets, num_items_in_batch=1, use_cache=False)
-        totals += torch.stack([out.loss.double(), torch.tensor(targets.numel(), device=device, dtype=torch.float64)])
+            totals += torch.stack([out.loss.double(), torch.tensor(targets.numel(), device=device,
+                                                                    dtype=torch.float64)])
     if accelerator is not None:
         totals = accelerator.reduce(totals, reduction="sum")
-    model.train(was_training)
     return (totals[0] / totals[1]).item()
 
 
