@@ -84,7 +84,7 @@ class PrepareArguments:
     )
     block_size: int = field(default=1024, metadata={"help": "Tokens per training input."})
     val_tokens: int | None = field(
-        default=None, metadata={"help": "Tokens held out for validation (default: 5% of the corpus, at most 100M)."}
+        default=None, metadata={"help": "Tokens held out for validation (default: 5%% of the corpus, at most 100M)."}
     )
     num_proc: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={"help": "Worker processes."})
     seed: int = field(default=1337, metadata={"help": "Seed of the validation document choice."})

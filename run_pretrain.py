@@ -63,6 +63,9 @@ class ModelArguments:
     dropout: float = field(default=0.0, metadata={"help": "Dropout everywhere (the reproduction uses none)."})
     init_from: str | None = field(default=None, metadata={"help": "Start from these weights (hub id or dir)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (inductor)."})
+    compile_mode: str = field(default="default", metadata={
+        "help": "Inductor mode: reduce-overhead adds CUDA graphs, max-autotune searches kernels (long warmup).",
+        "choices": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
 
 
@@ -339,8 +342,9 @@ def build_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.dev
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    # Fused: one kernel over all parameters, and the step counter is never read back to the host.
     optimizer = torch.optim.AdamW(groups, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
-                                  fused=device.type == "cuda")
+                                  fused=device.type in ("cuda", "cpu"))
     # Not passed through accelerator.prepare: a prepared scheduler steps once per process per step.
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=o.max_steps, min_lr_rate=o.min_lr_ratio
@@ -597,6 +601,20 @@ def train_step(model, optimizer, batches, accumulation: int, config: RunConfig, 
     return StepResult(loss_sum / accumulation, grad_norm)
 
 
+def finish_step(optimizer, result: StepResult, preemption_requested: bool, accelerator: Accelerator):
+    """Apply the update unless the loss or gradient norm is non-finite on any process; returns (nonfinite, preempted).
+
+    The flags are agreed on by every process in one reduction, the step's only host sync.
+    """
+    flags = torch.stack([(~torch.isfinite(result.loss)) | (~torch.isfinite(result.grad_norm)),
+                         torch.tensor(preemption_requested, device=accelerator.device)]).float()
+    nonfinite, preempted = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+    if not nonfinite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return nonfinite, preempted
+
+
 class ThroughputMeter:
     """Tokens/s and MFU over the steps since the last report; the report's `.item()` calls are its only syncs."""
 
@@ -637,20 +655,14 @@ def train(config: RunConfig, accelerator: Accelerator, model, optimizer, schedul
     for step in progress:
         done = step + 1
         result = train_step(model, optimizer, batches, data.accumulation, config, accelerator)
-        # One host sync per optimizer step: every process must agree on skipping, stopping or preempting.
-        flags = torch.stack([(~torch.isfinite(result.loss)) | (~torch.isfinite(result.grad_norm)),
-                             torch.tensor(preemption.raised, device=accelerator.device)]).float()
-        nonfinite, preempted = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+        nonfinite, preempted = finish_step(optimizer, result, preemption.raised, accelerator)
         if nonfinite:
-            optimizer.zero_grad(set_to_none=True)
             log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
                       grad_norm=result.grad_norm.item())
             if o.on_nonfinite == "stop":
                 accelerator.print(f"step {done}: non-finite loss or gradient norm; stopping without saving")
                 return NONFINITE_EXIT_CODE
         else:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             loss_sum += result.loss
             good_steps += 1
         scheduler.step()
@@ -699,7 +711,7 @@ def _data_key(data: TrainingData) -> dict:
 def build_accelerator(config: RunConfig) -> Accelerator:
     o = config.optimization
     trackers = [t for t in config.logging.report_to.split(",") if t and t != "none"]
-    dynamo = TorchDynamoPlugin(backend="inductor") if config.model.compile else None
+    dynamo = TorchDynamoPlugin(backend="inductor", mode=config.model.compile_mode) if config.model.compile else None
     accelerator = Accelerator(
         mixed_precision=o.mixed_precision, log_with=trackers or None, project_dir=config.logging.output_dir,
         dynamo_plugin=dynamo,

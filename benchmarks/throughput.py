@@ -1,24 +1,37 @@
 """Training throughput of the loop's real step: our GPT-2 against stock `transformers.GPT2LMHeadModel`.
 
     python benchmarks/throughput.py                      # GPU: GPT-2 124M, micro-batch 64 x 1024, bf16, compiled
+    python benchmarks/throughput.py --micro_batch 32 --models ours          # the memory goal: peak at 32 x 1024
+    accelerate launch --num_processes 8 benchmarks/throughput.py --models ours       # DDP (see ddp_scaling.py)
     python benchmarks/throughput.py --tiny               # CPU smoke run in seconds (what CI exercises)
 
-Both models run in one process, on one device, through `run_pretrain.train_step` (forward, backward,
-clipping) plus the fused AdamW step, with the same dtype, compile setting and accumulation. Each is
-warmed up (compilation included), then timed step by step with device synchronisation; medians of
-`--steps` steps are reported: tokens/s, ms per step, MFU against the data-sheet bf16 peak and against
-a measured large bf16 matmul, and peak memory. The ratio ours / stock is the headline.
+Both models run on one device through the training loop's own pieces: `build_accelerator` (DDP
+settings, compile mode, TF32), `build_optimizer` (fused AdamW), `train_step` (forward, backward,
+accumulation, clipping) and `finish_step` (the one host sync that agrees on skipping, then the update),
+with the same dtype, compile setting and accumulation. Each model is warmed up (compilation included),
+then timed step by step with device synchronisation; medians of `--steps` steps are reported:
+tokens/s, ms per step, MFU against the data-sheet bf16 peak and against a measured large bf16 matmul,
+and peak memory. The ratio ours / stock is the headline.
+
+After timing, a few steps run under the torch profiler: the top kernels (GPU) or operators (CPU) by
+self time, the attention implementation SDPA dispatched to (flash, cuDNN, memory-efficient or math),
+and, on CUDA, the synchronising operations of one whole step (CUDA's sync debug mode). In eager mode
+a step also counts the times the train step reads a device value back to the host (`.item()`,
+`bool(tensor)`, `nonzero`): the loop's only read is meant to be `finish_step`'s.
 """
 
 import argparse
-import gc
 import json
 import statistics
+import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -28,9 +41,53 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from configuration import GPT2ScratchConfig  # noqa: E402
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM  # noqa: E402
-from run_pretrain import build_optimizer, device_peak_flops, flops_per_token, parse_config, train_step  # noqa: E402
+from run_pretrain import (  # noqa: E402
+    build_accelerator,
+    build_optimizer,
+    device_peak_flops,
+    finish_step,
+    flops_per_token,
+    parse_config,
+    train_step,
+)
 
 SIZES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=4, n_embd=128)}
+COMPILE_MODES = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+# Operators that copy a device value to the host; on a GPU each one waits for all queued work.
+HOST_READ_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+                 torch.ops.aten.nonzero.default, torch.ops.aten.equal.default}
+# aten::_scaled_dot_product_<name>_attention... or ..._attention_math: which SDPA implementation ran.
+SDPA_BACKENDS = {"flash": "flash", "cudnn": "cuDNN", "efficient": "memory-efficient", "math": "math"}
+
+
+class HostReads(TorchDispatchMode):
+    """Counts operators that read a device value back to the host while active (eager code only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in HOST_READ_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def sdpa_backend(op_name: str) -> str | None:
+    words = op_name.removeprefix("aten::_scaled_dot_product_").split("_")
+    return next((label for key, label in SDPA_BACKENDS.items() if key in words), None)
+
+
+def count_cuda_syncs(run_step) -> int:
+    """Synchronising CUDA operations in one step, as CUDA's sync debug mode reports them (compiled code too)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def synchronize(device):
@@ -62,46 +119,80 @@ def build(kind: str, size: dict, seq_len: int, vocab: int) -> torch.nn.Module:
     return GPT2LMHeadModel(config)
 
 
+def profile_steps(run_step, steps: int, device: torch.device, top: int, trace_path: Path | None) -> dict:
+    """Where a step's time goes: top kernels (GPU) or operators (CPU), and the SDPA implementation that ran."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            run_step()
+        synchronize(device)
+    if trace_path is not None:
+        prof.export_chrome_trace(str(trace_path))
+    events = prof.key_averages()
+    if device.type == "cuda":  # kernels, by the time they occupy the GPU
+        timed = [(e.key, e.self_device_time_total) for e in events if e.device_type.name == "CUDA"]
+    else:
+        timed = [(e.key, e.self_cpu_time_total) for e in events]
+    timed = sorted((t for t in timed if t[1] > 0), key=lambda t: -t[1])
+    total = sum(t for _, t in timed)
+    attention_ops = sorted(e.key for e in events if e.key.startswith("aten::_scaled_dot_product_")
+                           and not e.key.endswith("_backward"))
+    summary = {
+        "top": [{"name": name, "ms_per_step": t / 1000 / steps, "share": t / total} for name, t in timed[:top]],
+        "attention_ops": attention_ops,
+        "attention_backend": sorted({sdpa_backend(op) for op in attention_ops} - {None}),
+    }
+    return summary
+
+
 def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
     device = accelerator.device
     model = build(kind, SIZES[args.size], args.seq_len, args.vocab).to(device)
     optimizer, _ = build_optimizer(model, run_config, device)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if args.compile:
-        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)  # compiles when the run config says so
     batch = torch.randint(0, args.vocab, (args.micro_batch, args.seq_len + 1), device=device)
     inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
     batches = iter(lambda: (inputs, targets), None)
+
+    def run_step():
+        result = train_step(model, optimizer, batches, args.accumulation, run_config, accelerator)
+        finish_step(optimizer, result, False, accelerator)
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for step in range(args.warmup + args.steps):
         synchronize(device)
         start = time.perf_counter()
-        train_step(model, optimizer, batches, args.accumulation, run_config, accelerator)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        run_step()
         synchronize(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     step_time = statistics.median(times)
-    tokens = args.micro_batch * args.seq_len * args.accumulation
-    unwrapped = accelerator.unwrap_model(model)
-    n_params = sum(p.numel() for p in unwrapped.parameters())
+    tokens = args.micro_batch * args.seq_len * args.accumulation * accelerator.num_processes
     result = {
-        "model": kind, "parameters": n_params, "ms_per_step": 1000 * step_time, "tokens_per_second": tokens / step_time,
+        "model": kind, "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
+        "ms_per_step": 1000 * step_time, "tokens_per_second": tokens / step_time,
+        "tokens_per_second_per_process": tokens / step_time / accelerator.num_processes,
         "step_time_spread": [min(times), max(times)],
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
     # Model FLOPs of GPT-2 124M itself (50,257-wide head), the same for both, so MFU compares like with like.
     model_flops = flops_per_token(GPT2ScratchConfig(vocab_size=50257, n_positions=args.seq_len, **SIZES[args.size]),
                                   _gpt2_params(args.size, args.seq_len), args.seq_len) * tokens / step_time
-    result["mfu_vs_datasheet"] = model_flops / args.peak if args.peak else None
-    result["mfu_vs_measured_matmul"] = model_flops / args.matmul if args.matmul else None
-    del model, optimizer
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    n = accelerator.num_processes
+    result["mfu_vs_datasheet"] = model_flops / (args.peak * n) if args.peak else None
+    result["mfu_vs_measured_matmul"] = model_flops / (args.matmul * n) if args.matmul else None
+    if not args.compile:  # a dispatch mode sees eager operators only
+        with HostReads() as reads:
+            train_step(model, optimizer, batches, args.accumulation, run_config, accelerator)
+        optimizer.zero_grad(set_to_none=True)
+        result["host_reads_in_train_step"] = reads.count
+    if device.type == "cuda":  # the loop's whole step, finish_step's deliberate flag agreement included
+        result["cuda_syncs_per_step"] = count_cuda_syncs(run_step)
+    if args.profile_steps:
+        trace = args.trace_dir / f"trace_{kind}.json" if args.trace_dir else None
+        result["profile"] = profile_steps(run_step, args.profile_steps, device, args.top, trace)
     return result
 
 
@@ -111,7 +202,26 @@ def _gpt2_params(size: str, seq_len: int) -> int:
     return s["n_layer"] * per_block + 50257 * s["n_embd"] + seq_len * s["n_embd"] + 2 * s["n_embd"]
 
 
-def main(argv=None):
+def print_report(report: dict):
+    for r in report["results"]:
+        mfu = f", MFU {r['mfu_vs_datasheet']:.1%}" if r["mfu_vs_datasheet"] else ""
+        memory = f", peak {r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] else ""
+        speed = f"{r['tokens_per_second']:>12,.0f} tokens/s  {r['ms_per_step']:8.1f} ms/step"
+        print(f"{r['model']:>6}: {speed}{mfu}{memory}")
+        if "host_reads_in_train_step" in r:
+            print(f"        host reads in the train step: {r['host_reads_in_train_step']}")
+        if "cuda_syncs_per_step" in r:
+            print(f"        synchronising CUDA operations per step: {r['cuda_syncs_per_step']}")
+        if "profile" in r:
+            p = r["profile"]
+            print(f"        attention: {', '.join(p['attention_backend']) or 'none seen'}")
+            for op in p["top"]:
+                print(f"        {op['share']:6.1%} {op['ms_per_step']:9.3f} ms  {op['name'][:90]}")
+    if "ratio_ours_over_stock" in report:
+        print(f"ratio ours / stock: {report['ratio_ours_over_stock']:.2f}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU-sized: tiny model, float32, no compile.")
     parser.add_argument("--size", choices=sorted(SIZES), default="124m")
@@ -121,42 +231,64 @@ def main(argv=None):
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="ours,stock")
+    parser.add_argument("--profile_steps", type=int, default=3, help="Steps under the profiler (0: none).")
+    parser.add_argument("--top", type=int, default=15, help="Kernels or operators listed from the profile.")
+    parser.add_argument("--trace_dir", type=Path, default=None, help="Write each model's Chrome trace here.")
     parser.add_argument("--output", type=Path, default=None, help="Write the results as JSON here.")
     args = parser.parse_args(argv)
     if args.tiny:
         args.size, args.micro_batch, args.seq_len, args.mixed_precision, args.compile = "tiny", 8, 128, "no", False
         args.vocab, args.warmup, args.steps = 2048, 2, min(args.steps, 10)
+    return args
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    run_config = parse_config(["--max_grad_norm=1.0", f"--mixed_precision={args.mixed_precision}"])
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_config = parse_config([f"--mixed_precision={args.mixed_precision}", f"--compile={args.compile}",
+                               f"--compile_mode={args.compile_mode}", "--max_grad_norm=1.0", "--tf32=true",
+                               "--report_to=none"])
+    accelerator = build_accelerator(run_config)
     device = accelerator.device
     args.peak = device_peak_flops(device)
     args.matmul = measured_matmul_flops(device, torch.bfloat16)
-    results = [benchmark(kind, args, accelerator, run_config) for kind in args.models.split(",")]
+    if args.trace_dir:
+        args.trace_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for kind in args.models.split(","):
+        results.append(benchmark(kind, args, accelerator, run_config))
+        accelerator.free_memory()  # drops its references to the prepared model, so the next starts empty
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processes": accelerator.num_processes,
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "setting": {k: getattr(args, k) for k in ("size", "micro_batch", "seq_len", "accumulation",
-                                                 "mixed_precision", "compile", "warmup", "steps", "vocab")},
+        "accelerate": __import__("accelerate").__version__,
+        "cuda_driver": _cuda_driver() if device.type == "cuda" else None,
+        "setting": {k: getattr(args, k) for k in ("size", "micro_batch", "seq_len", "accumulation", "mixed_precision",
+                                                 "compile", "compile_mode", "warmup", "steps", "vocab")},
         "datasheet_bf16_flops": args.peak, "measured_matmul_flops": args.matmul, "results": results,
     }
     speed = {r["model"]: r["tokens_per_second"] for r in results}
     if {"ours", "stock"} <= speed.keys():
         report["ratio_ours_over_stock"] = speed["ours"] / speed["stock"]
-    for r in results:
-        mfu = f", MFU {r['mfu_vs_datasheet']:.1%}" if r["mfu_vs_datasheet"] else ""
-        memory = f", peak {r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] else ""
-        speed = f"{r['tokens_per_second']:>12,.0f} tokens/s  {r['ms_per_step']:8.1f} ms/step"
-        print(f"{r['model']:>6}: {speed}{mfu}{memory}")
-    if "ratio_ours_over_stock" in report:
-        print(f"ratio ours / stock: {report['ratio_ours_over_stock']:.2f}")
-    if args.output:
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
+    if accelerator.is_main_process:
+        print_report(report)
+        if args.output:
+            args.output.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _cuda_driver() -> str | None:
+    """The NVIDIA driver version, as nvidia-smi prints it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
 
 
 if __name__ == "__main__":

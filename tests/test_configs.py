@@ -35,3 +35,17 @@ def test_command_line_overrides_the_yaml():
 def test_accelerate_config_loads(launcher):
     config = ClusterConfig.from_yaml_file(str(launcher))
     assert config.num_processes >= 1
+
+
+COMMANDS = ["prepare_data", "run_pretrain", "eval.hellaswag", "eval.lm_eval_local", "eval.plot", "eval.val_loss",
+            "throughput", "ddp_scaling", "prepare_data_speed"]
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_prints_its_help(module, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(["--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out

@@ -1,0 +1,67 @@
+"""Can the loop's data loading keep a GPU fed? Tokens/s that `run_pretrain.train_batches` delivers.
+
+    python benchmarks/data_loading.py --data_dir outputs/sm1024/data          # any prepare_data.py output
+
+Reads micro-batches exactly as the training loop does (the world-size-invariant order, memory-mapped
+Arrow rows, a DataLoader with 0 and with N worker processes), with no model attached, and compares the
+rate with what one GPU consumes at the throughput goal (500,000 tokens/s for GPT-2 124M on an H100).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from accelerate import Accelerator  # noqa: E402
+
+from run_pretrain import build_data, load_data_metadata, parse_config, train_batches  # noqa: E402
+
+GPU_TOKENS_PER_SECOND = 500_000  # the per-GPU goal of benchmarks/throughput.py
+
+
+def loader_rate(data_dir: str, micro_batch: int, workers: int, batches: int, repeats: int) -> float:
+    """Median tokens/s over `repeats` windows of `batches` micro-batches, after the workers have started."""
+    block_size = load_data_metadata(data_dir)["block_size"]
+    config = parse_config(["--data_dir", data_dir, "--micro_batch_size", str(micro_batch), "--dataloader_workers",
+                           str(workers), "--total_batch_tokens", str(micro_batch * block_size), "--report_to", "none"])
+    data = build_data(config, world_size=1)
+    stream = train_batches(data, config, Accelerator(cpu=True), start_step=0)
+    for _ in range(2 * max(workers, 1)):
+        next(stream)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(batches):
+            inputs, _targets = next(stream)
+        rates.append(batches * inputs.numel() / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="A prepare_data.py output directory.")
+    parser.add_argument("--micro_batch", type=int, default=64)
+    parser.add_argument("--workers", default="0,2", help="DataLoader worker counts to compare, comma-separated.")
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=None, help="Write the results as JSON here.")
+    args = parser.parse_args(argv)
+    results = []
+    for workers in [int(w) for w in args.workers.split(",")]:
+        rate = loader_rate(args.data_dir, args.micro_batch, workers, args.batches, args.repeats)
+        results.append({"workers": workers, "tokens_per_second": rate, "gpus_fed": rate / GPU_TOKENS_PER_SECOND})
+        print(f"{workers} workers: {rate:>14,.0f} tokens/s = {rate / GPU_TOKENS_PER_SECOND:,.1f} x one GPU's "
+              f"{GPU_TOKENS_PER_SECOND:,} tokens/s")
+    report = {"data_dir": args.data_dir, "micro_batch": args.micro_batch, "results": results}
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""DDP scaling efficiency: per-process training throughput at N processes against one process.
+
+    python benchmarks/ddp_scaling.py --processes 1,2,4,8          # one 8-GPU node: the >= 90% goal at 8
+    python benchmarks/ddp_scaling.py --processes 1,2 --tiny       # CPU over gloo: exercises the machinery
+
+Each count N runs `accelerate launch --num_processes N benchmarks/throughput.py --models ours`, back to
+back, with the same micro-batch and accumulation per process: weak scaling, as a run scales (the global
+batch grows with the processes; the recipe then lowers accumulation to keep 0.5M tokens per step, which
+only makes the all-reduce a larger share of each step; pass --accumulation to model that). Efficiency
+at N = per-process tokens/s at N / tokens/s at 1. On CPU every process gets one thread, so the figure
+shows the cost of gloo's all-reduce and of sharing the machine, not a GPU interconnect.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent
+
+
+def launch_throughput(processes: int, throughput_args: list[str], cpu: bool, output: Path) -> dict:
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes",
+              str(processes), "--dynamo_backend", "no", *(["--multi_gpu"] if processes > 1 else [])]
+    env = {**os.environ, **({"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"} if cpu else {})}
+    command = [*launch, str(BENCHMARKS / "throughput.py"), "--models", "ours", "--profile_steps", "0",
+               "--output", str(output), *throughput_args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{processes} processes failed:\n{done.stderr[-3000:]}")
+    return json.loads(output.read_text())
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--processes", default="1,8", help="Process counts, comma-separated; the first is the base.")
+    parser.add_argument("--tiny", action="store_true", help="CPU-sized model over gloo, one thread per process.")
+    parser.add_argument("--output", type=Path, default=None, help="Write the results as JSON here.")
+    args, throughput_args = parser.parse_known_args(argv)
+    counts = [int(n) for n in args.processes.split(",")]
+    throughput_args += ["--tiny"] if args.tiny else []
+    runs = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for n in counts:
+            report = launch_throughput(n, throughput_args, args.tiny, Path(scratch) / f"{n}.json")
+            runs[n] = report["results"][0]["tokens_per_second_per_process"]
+    base = runs[counts[0]]
+    scaling = {"device": report["device"], "setting": report["setting"], "runs": [
+        {"processes": n, "tokens_per_second": rate * n, "tokens_per_second_per_process": rate,
+         "efficiency": rate / base} for n, rate in runs.items()]}
+    for run in scaling["runs"]:
+        print(f"{run['processes']:>3} processes: {run['tokens_per_second']:>12,.0f} tokens/s, "
+              f"{run['tokens_per_second_per_process']:>12,.0f} per process, efficiency {run['efficiency']:.1%}")
+    if args.output:
+        args.output.write_text(json.dumps(scaling, indent=2) + "\n")
+    return scaling
+
+
+if __name__ == "__main__":
+    main()
