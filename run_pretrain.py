@@ -91,6 +91,8 @@ class OptimizationArguments:
     mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16.",
                                                            "choices": ["no", "bf16", "fp16"]})
     tf32: bool = field(default=True, metadata={"help": "TF32 matmuls on Ampere and newer GPUs."})
+    ddp_bucket_cap_mb: int = field(default=25, metadata={"help": "DDP all-reduce bucket size in MiB (fewer, larger "
+                                                         "collectives when raised)."})
     seed: int = 1337
     on_nonfinite: str = field(default="stop", metadata={"help": "When loss or gradient norm is NaN/inf: stop the "
                                                         "run, or skip the step.", "choices": ["stop", "skip"]})
@@ -606,8 +608,8 @@ def finish_step(optimizer, result: StepResult, preemption_requested: bool, accel
 
     The flags are agreed on by every process in one reduction, the step's only host sync.
     """
-    flags = torch.stack([(~torch.isfinite(result.loss)) | (~torch.isfinite(result.grad_norm)),
-                         torch.tensor(preemption_requested, device=accelerator.device)]).float()
+    broken = ((~torch.isfinite(result.loss)) | (~torch.isfinite(result.grad_norm))).float()
+    flags = torch.stack([broken, torch.full_like(broken, float(preemption_requested))])  # no host-to-device copy
     nonfinite, preempted = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
     if not nonfinite:
         optimizer.step()
@@ -708,15 +710,22 @@ def _data_key(data: TrainingData) -> dict:
 # ---- main ----------------------------------------------------------------------------------------------------
 
 
+def compile_plugin(config: RunConfig) -> TorchDynamoPlugin | None:
+    return TorchDynamoPlugin(backend="inductor", mode=config.model.compile_mode) if config.model.compile else None
+
+
+def ddp_settings(config: RunConfig) -> DistributedDataParallelKwargs:
+    # Gradients are views into the all-reduce buckets: one copy less of 124M floats per step.
+    return DistributedDataParallelKwargs(gradient_as_bucket_view=True,
+                                         bucket_cap_mb=config.optimization.ddp_bucket_cap_mb)
+
+
 def build_accelerator(config: RunConfig) -> Accelerator:
     o = config.optimization
     trackers = [t for t in config.logging.report_to.split(",") if t and t != "none"]
-    dynamo = TorchDynamoPlugin(backend="inductor", mode=config.model.compile_mode) if config.model.compile else None
     accelerator = Accelerator(
         mixed_precision=o.mixed_precision, log_with=trackers or None, project_dir=config.logging.output_dir,
-        dynamo_plugin=dynamo,
-        # Gradients are views into the all-reduce buckets: one copy less of 124M floats per step.
-        kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
+        dynamo_plugin=compile_plugin(config), kwargs_handlers=[ddp_settings(config)],
     )
     if o.tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -232,6 +232,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
+    parser.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP all-reduce bucket size (MiB).")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="ours,stock")
@@ -249,8 +250,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     run_config = parse_config([f"--mixed_precision={args.mixed_precision}", f"--compile={args.compile}",
-                               f"--compile_mode={args.compile_mode}", "--max_grad_norm=1.0", "--tf32=true",
-                               "--report_to=none"])
+                               f"--compile_mode={args.compile_mode}", f"--ddp_bucket_cap_mb={args.ddp_bucket_cap_mb}",
+                               "--max_grad_norm=1.0", "--tf32=true", "--report_to=none"])
     accelerator = build_accelerator(run_config)
     device = accelerator.device
     args.peak = device_peak_flops(device)
@@ -268,7 +269,8 @@ def main(argv=None):
         "accelerate": __import__("accelerate").__version__,
         "cuda_driver": _cuda_driver() if device.type == "cuda" else None,
         "setting": {k: getattr(args, k) for k in ("size", "micro_batch", "seq_len", "accumulation", "mixed_precision",
-                                                 "compile", "compile_mode", "warmup", "steps", "vocab")},
+                                                 "compile", "compile_mode", "ddp_bucket_cap_mb", "warmup", "steps",
+                                                 "vocab")},
         "datasheet_bf16_flops": args.peak, "measured_matmul_flops": args.matmul, "results": results,
     }
     speed = {r["model"]: r["tokens_per_second"] for r in results}

@@ -108,6 +108,32 @@ def test_clipping_bounds_the_gradient_norm(accelerator):
     assert clipped == pytest.approx(0.01, rel=1e-4)
 
 
+def test_finish_step_skips_a_nonfinite_update_and_passes_preemption_on(accelerator):
+    model = GPT2ScratchForCausalLM(tiny_config())
+    config = config_for(warmup_steps=0)  # full learning rate from the first step
+    optimizer, _ = build_optimizer(model, config, accelerator.device)
+    rows = torch.randint(0, 101, (4, 17))
+    batch = (rows[:, :-1], rows[:, 1:])
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(model, optimizer, iter([batch]), 1, config, accelerator)
+    result.loss = torch.tensor(float("nan"))
+    assert run_pretrain.finish_step(optimizer, result, False, accelerator) == (True, False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+    result = train_step(model, optimizer, iter([batch]), 1, config, accelerator)
+    assert run_pretrain.finish_step(optimizer, result, True, accelerator) == (False, True)
+    assert not torch.equal(before[0], model.transformer.wte.weight)
+
+
+def test_accelerator_carries_the_ddp_and_compile_settings():
+    config = config_for(ddp_bucket_cap_mb=100, compile=True, compile_mode="reduce-overhead", report_to="none")
+    assert (run_pretrain.compile_plugin(config).backend.value, run_pretrain.compile_plugin(config).mode) == (
+        "INDUCTOR", "reduce-overhead")
+    assert run_pretrain.compile_plugin(config_for(compile=False)) is None
+    ddp = run_pretrain.ddp_settings(config)
+    assert (ddp.bucket_cap_mb, ddp.gradient_as_bucket_view) == (100, True)
+
+
 def test_batch_order_is_the_same_for_any_world_size_and_resumes():
     def step_rows(world, steps, start=0):
         orders = [iter(TrainBatchOrder(103, 2, 4 // world, world, rank, seed=7, start_step=start))
