@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -408,10 +408,16 @@ def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Acc
     return validation_loss(model, batches, accelerator)
 
 
+def eager_module(model, accelerator: Accelerator) -> torch.nn.Module:
+    """The model without DDP and without torch.compile: variable shapes (generation, HellaSwag batches) would
+    recompile, and a compiled module's state dict names every tensor `_orig_mod.<name>`."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 @torch.no_grad()
 def generate_samples(model, tokenizer, config: RunConfig, accelerator: Accelerator, step: int) -> list[str]:
     """Top-k 50 continuations of the prompt through the model's own `generate`, seeded by the step."""
-    unwrapped = accelerator.unwrap_model(model)  # the eager module: generation needs no compiled graph
+    unwrapped = eager_module(model, accelerator)
     unwrapped.eval()
     prompt = tokenizer(config.logging.sample_prompt, return_tensors="pt").input_ids.to(accelerator.device)
     prompt = prompt.repeat(config.logging.num_samples, 1)
@@ -425,7 +431,7 @@ def generate_samples(model, tokenizer, config: RunConfig, accelerator: Accelerat
 
 
 def evaluate_hellaswag(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> dict:
-    return hellaswag.evaluate_model(accelerator.unwrap_model(model), data.tokenizer, data.hellaswag,
+    return hellaswag.evaluate_model(eager_module(model, accelerator), data.tokenizer, data.hellaswag,
                                     accelerator=accelerator, batch_size=config.data.micro_batch_size)
 
 
@@ -548,10 +554,10 @@ def check_output_dir(config: RunConfig, output_dir: Path, resuming: bool):
 
 def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: Accelerator, output_dir: Path):
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = eager_module(model, accelerator)
     final_dir = output_dir / "final"
     unwrapped.save_pretrained(final_dir, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+                              save_function=accelerator.save, state_dict=accelerator.get_state_dict(unwrapped))
     if accelerator.is_main_process:
         data.tokenizer.save_pretrained(final_dir)
         if config.checkpointing.export_gpt2:
@@ -618,7 +624,7 @@ def finish_step(optimizer, result: StepResult, preemption_requested: bool, accel
 
 
 class ThroughputMeter:
-    """Tokens/s and MFU over the steps since the last report; the report's `.item()` calls are its only syncs."""
+    """Tokens/s and MFU of the training steps since the last report, time spent `paused()` left out."""
 
     def __init__(self, model_config, num_parameters: int, block_size: int, tokens_per_step: int,
                  accelerator: Accelerator):
@@ -626,13 +632,22 @@ class ThroughputMeter:
         self.step_flops = flops_per_token(model_config, num_parameters, block_size) * tokens_per_step
         peak = device_peak_flops(accelerator.device)
         self.peak_flops = peak * accelerator.num_processes if peak else None
-        self.steps, self.started = 0, time.perf_counter()
+        self.steps, self.started, self.excluded = 0, time.perf_counter(), 0.0
+
+    @contextmanager
+    def paused(self):
+        """Evaluation, sampling and checkpoints are not training time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
 
     def report(self) -> dict:
-        elapsed = time.perf_counter() - self.started
+        elapsed = time.perf_counter() - self.started - self.excluded
         tokens_per_second = self.tokens_per_step * self.steps / elapsed
         mfu = self.step_flops * self.steps / elapsed / self.peak_flops if self.peak_flops else None
-        self.steps, self.started = 0, time.perf_counter()
+        self.steps, self.started, self.excluded = 0, time.perf_counter(), 0.0
         return {"tokens_per_second": tokens_per_second, "mfu": mfu}
 
 
@@ -641,10 +656,31 @@ def is_due(step: int, every: int, last_step: int) -> bool:
     return (every > 0 and step % every == 0) or step == last_step
 
 
+def evaluate_sample_and_save(done: int, must_save: bool, model, data: TrainingData, config: RunConfig,
+                             accelerator: Accelerator, output_dir: Path, log: RunLog, progress):
+    """The periodic work after optimizer step `done`: validation loss, HellaSwag, samples, checkpoint, as due."""
+    lg, last = config.logging, config.optimization.max_steps
+    if is_due(done, lg.eval_every, last):
+        val_loss = evaluate_loss(model, data, config, accelerator)
+        log.write("eval", done, val_loss=val_loss)
+        if accelerator.is_main_process:
+            progress.write(f"step {done}: validation loss {val_loss:.4f}")
+    if lg.hellaswag_every and is_due(done, lg.hellaswag_every, last):
+        log.write("hellaswag", done, **evaluate_hellaswag(model, data, config, accelerator))
+    if lg.sample_every and lg.num_samples and is_due(done, lg.sample_every, last):
+        samples = generate_samples(model, data.tokenizer, config, accelerator, done)
+        log.write("samples", done, samples=samples)
+        if accelerator.is_main_process:
+            progress.write("\n".join(f"sample {i}: {text!r}" for i, text in enumerate(samples)))
+    if is_due(done, config.checkpointing.save_every, last) or must_save:
+        save_checkpoint(accelerator, output_dir, done, config.checkpointing.keep_last,
+                        {"data_fingerprint": _data_key(data)})
+
+
 def train(config: RunConfig, accelerator: Accelerator, model, optimizer, scheduler, data: TrainingData,
           start_step: int, output_dir: Path, log: RunLog) -> int:
     """The loop; returns the process exit code (0, preempted, or non-finite)."""
-    o, lg, ck = config.optimization, config.logging, config.checkpointing
+    o, lg = config.optimization, config.logging
     batches = train_batches(data, config, accelerator, start_step)
     unwrapped = accelerator.unwrap_model(model)
     meter = ThroughputMeter(unwrapped.config, unwrapped.num_parameters(), data.block_size,
@@ -680,20 +716,8 @@ def train(config: RunConfig, accelerator: Accelerator, model, optimizer, schedul
                                  **({"mfu": f"{metrics['mfu']:.1%}"} if metrics["mfu"] else {}))
             loss_sum.zero_()
             good_steps = 0
-        if is_due(done, lg.eval_every, o.max_steps):
-            val_loss = evaluate_loss(model, data, config, accelerator)
-            log.write("eval", done, val_loss=val_loss)
-            if accelerator.is_main_process:
-                progress.write(f"step {done}: validation loss {val_loss:.4f}")
-        if lg.hellaswag_every and is_due(done, lg.hellaswag_every, o.max_steps):
-            log.write("hellaswag", done, **evaluate_hellaswag(model, data, config, accelerator))
-        if lg.sample_every and lg.num_samples and is_due(done, lg.sample_every, o.max_steps):
-            samples = generate_samples(model, data.tokenizer, config, accelerator, done)
-            log.write("samples", done, samples=samples)
-            if accelerator.is_main_process:
-                progress.write("\n".join(f"sample {i}: {text!r}" for i, text in enumerate(samples)))
-        if is_due(done, ck.save_every, o.max_steps) or preempted:
-            save_checkpoint(accelerator, output_dir, done, ck.keep_last, {"data_fingerprint": _data_key(data)})
+        with meter.paused():
+            evaluate_sample_and_save(done, preempted, model, data, config, accelerator, output_dir, log, progress)
         if preempted:
             accelerator.print(f"step {done}: preemption signal received; checkpoint saved, exiting")
             return PREEMPTED_EXIT_CODE

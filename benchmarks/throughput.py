@@ -230,7 +230,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile both models (default: on, except with --tiny).")
     parser.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
     parser.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP all-reduce bucket size (MiB).")
     parser.add_argument("--warmup", type=int, default=5)
@@ -242,8 +243,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="Write the results as JSON here.")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.size, args.micro_batch, args.seq_len, args.mixed_precision, args.compile = "tiny", 8, 128, "no", False
+        args.size, args.micro_batch, args.seq_len, args.mixed_precision = "tiny", 8, 128, "no"
         args.vocab, args.warmup, args.steps = 2048, 2, min(args.steps, 10)
+    if args.compile is None:
+        args.compile = not args.tiny
     return args
 
 

@@ -134,6 +134,18 @@ def test_accelerator_carries_the_ddp_and_compile_settings():
     assert (ddp.bucket_cap_mb, ddp.gradient_as_bucket_view) == (100, True)
 
 
+def test_throughput_meter_leaves_out_paused_time(accelerator, monkeypatch):
+    clock = iter([100.0, 101.0, 104.0, 105.0, 200.0])  # start; pause 101-104; report at 105; restart
+    monkeypatch.setattr(run_pretrain.time, "perf_counter", lambda: next(clock))
+    meter = run_pretrain.ThroughputMeter(tiny_config(), 1000, 16, tokens_per_step=512, accelerator=accelerator)
+    meter.steps = 4
+    with meter.paused():
+        pass
+    report = meter.report()
+    assert report["tokens_per_second"] == 4 * 512 / 2.0  # 5 s of wall clock, 3 of them paused
+    assert report["mfu"] is None and (meter.steps, meter.excluded) == (0, 0.0)
+
+
 def test_batch_order_is_the_same_for_any_world_size_and_resumes():
     def step_rows(world, steps, start=0):
         orders = [iter(TrainBatchOrder(103, 2, 4 // world, world, rank, seed=7, start_step=start))
@@ -195,6 +207,24 @@ def run_script(args, env_extra=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "run_pretrain.py", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True)
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_like_eager_and_saves_plain_weights(tiny_data, tmp_path):
+    """--compile (inductor through Accelerate, the recipe's setting): same losses, and a final model whose
+    tensors are named as the model's own, not `_orig_mod.<name>`."""
+    losses, weights = {}, {}
+    for compiled in ("false", "true"):
+        out = tmp_path / f"compile_{compiled}"
+        done = run_script(tiny_run_args(tiny_data, out, max_steps=4, eval_every=4, save_every=0, compile=compiled))
+        assert done.returncode == 0, done.stderr[-3000:]
+        losses[compiled] = [loss for _, loss in losses_in(out / "log.jsonl")]
+        weights[compiled] = load_file(out / "final" / "model.safetensors")
+    assert len(losses["true"]) == 4
+    np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-4)
+    assert weights["true"].keys() == weights["false"].keys()
+    for name, tensor in weights["false"].items():
+        torch.testing.assert_close(weights["true"][name], tensor, rtol=1e-3, atol=1e-4)
 
 
 def test_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
