@@ -60,6 +60,24 @@ def test_logits_and_loss_match_stock(stock, ours):
     torch.testing.assert_close(ours(x, labels=labels).loss, stock(x, labels=labels).loss, atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_autocast_training_step_matches_stock(stock, ours):
+    """The recipe trains under bf16 autocast: the fused loss and its gradients follow stock GPT-2's there too."""
+    x = tokens(4, 20)
+    results = []
+    for model in (ours, stock):
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, labels=x).loss
+        loss.backward()
+        results.append((loss, model.transformer.h[1].mlp.c_fc.weight.grad, model.transformer.wpe.weight.grad))
+    (ours_loss, ours_fc, ours_wpe), (stock_loss, stock_fc, stock_wpe) = results
+    assert ours_loss.dtype == torch.float32 and ours_fc.dtype == torch.float32
+    torch.testing.assert_close(ours_loss, stock_loss, atol=1e-4, rtol=1e-4)
+    scale = stock_fc.abs().max()  # bf16 matmuls: compare at the gradients' own scale
+    torch.testing.assert_close(ours_fc / scale, stock_fc.T / scale, atol=1e-3, rtol=0)  # Conv1D stores (in, out)
+    torch.testing.assert_close(ours_wpe / stock_wpe.abs().max(), stock_wpe / stock_wpe.abs().max(), atol=1e-3, rtol=0)
+
+
 def test_shift_labels_are_taken_as_aligned(ours):
     row = tokens(2, 18)
     inputs, targets = row[:, :-1], row[:, 1:]
