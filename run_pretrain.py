@@ -374,9 +374,11 @@ def device_peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def flops_per_token(config: GPT2ScratchConfig, num_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's scores and mixing."""
-    return 6 * num_params + 12 * config.n_layer * config.n_embd * seq_len
+def flops_per_token(config: GPT2ScratchConfig, seq_len: int) -> float:
+    """Model FLOPs per trained token: 6 per matmul weight (2 forward, 4 backward), the head's `vocab_size`
+    rows included and its padding rows not, plus attention's scores and mixing over `seq_len` positions."""
+    matmul_weights = 12 * config.n_layer * config.n_embd**2 + config.vocab_size * config.n_embd
+    return 6 * matmul_weights + 12 * config.n_layer * config.n_embd * seq_len
 
 
 class RunLog:
@@ -626,10 +628,9 @@ def finish_step(optimizer, result: StepResult, preemption_requested: bool, accel
 class ThroughputMeter:
     """Tokens/s and MFU of the training steps since the last report, time spent `paused()` left out."""
 
-    def __init__(self, model_config, num_parameters: int, block_size: int, tokens_per_step: int,
-                 accelerator: Accelerator):
+    def __init__(self, model_config, block_size: int, tokens_per_step: int, accelerator: Accelerator):
         self.tokens_per_step = tokens_per_step
-        self.step_flops = flops_per_token(model_config, num_parameters, block_size) * tokens_per_step
+        self.step_flops = flops_per_token(model_config, block_size) * tokens_per_step
         peak = device_peak_flops(accelerator.device)
         self.peak_flops = peak * accelerator.num_processes if peak else None
         self.steps, self.started, self.excluded = 0, time.perf_counter(), 0.0
@@ -683,8 +684,7 @@ def train(config: RunConfig, accelerator: Accelerator, model, optimizer, schedul
     o, lg = config.optimization, config.logging
     batches = train_batches(data, config, accelerator, start_step)
     unwrapped = accelerator.unwrap_model(model)
-    meter = ThroughputMeter(unwrapped.config, unwrapped.num_parameters(), data.block_size,
-                            config.data.total_batch_tokens, accelerator)
+    meter = ThroughputMeter(unwrapped.config, data.block_size, config.data.total_batch_tokens, accelerator)
     steps_per_epoch = len(data.train) // data.rows_per_step
     preemption = PreemptionFlag()
     loss_sum, good_steps = torch.zeros((), device=accelerator.device), 0  # since the last report

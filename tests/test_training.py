@@ -134,10 +134,18 @@ def test_accelerator_carries_the_ddp_and_compile_settings():
     assert (ddp.bucket_cap_mb, ddp.gradient_as_bucket_view) == (100, True)
 
 
+def test_flops_per_token_of_gpt2_124m_by_hand():
+    gpt2 = run_pretrain.GPT2ScratchConfig(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+    # 12 layers x (3*768^2 attention in + 768^2 out + 2 x 4*768^2 MLP) + 50,257 x 768 head, 6 FLOPs each,
+    # plus 12 layers x 12 x 768 x 1024 for the attention scores and mixing.
+    assert run_pretrain.flops_per_token(gpt2, 1024) == 6 * (12 * 12 * 768**2 + 50257 * 768) + 12 * 12 * 768 * 1024
+    assert run_pretrain.flops_per_token(gpt2, 1024) == 854_438_400
+
+
 def test_throughput_meter_leaves_out_paused_time(accelerator, monkeypatch):
     clock = iter([100.0, 101.0, 104.0, 105.0, 200.0])  # start; pause 101-104; report at 105; restart
     monkeypatch.setattr(run_pretrain.time, "perf_counter", lambda: next(clock))
-    meter = run_pretrain.ThroughputMeter(tiny_config(), 1000, 16, tokens_per_step=512, accelerator=accelerator)
+    meter = run_pretrain.ThroughputMeter(tiny_config(), 16, tokens_per_step=512, accelerator=accelerator)
     meter.steps = 4
     with meter.paused():
         pass
