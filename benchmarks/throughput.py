@@ -137,12 +137,11 @@ def profile_steps(run_step, steps: int, device: torch.device, top: int, trace_pa
     total = sum(t for _, t in timed)
     attention_ops = sorted(e.key for e in events if e.key.startswith("aten::_scaled_dot_product_")
                            and not e.key.endswith("_backward"))
-    summary = {
+    return {
         "top": [{"name": name, "ms_per_step": t / 1000 / steps, "share": t / total} for name, t in timed[:top]],
         "attention_ops": attention_ops,
         "attention_backend": sorted({sdpa_backend(op) for op in attention_ops} - {None}),
     }
-    return summary
 
 
 def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
