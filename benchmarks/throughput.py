@@ -22,6 +22,7 @@ a step also counts the times the train step reads a device value back to the hos
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -175,6 +176,8 @@ def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
         "tokens_per_second_per_process": tokens / step_time / accelerator.num_processes,
         "step_time_spread": [min(times), max(times)],
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        # On CPU: the process's high-water mark so far, so compare models run in separate processes.
+        "peak_process_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     # Model FLOPs of the unpadded head for both (ours pads 50,257 to 50,304), so MFU compares like with like.
     model_config = GPT2ScratchConfig(vocab_size=args.vocab, n_positions=args.seq_len, **SIZES[args.size])
