@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, TorchDynamoPlugin, set_seed
+from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, TorchDynamoPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, HfArgumentParser, get_cosine_with_min_lr_schedule_with_warmup
 
@@ -93,6 +93,9 @@ class OptimizationArguments:
     tf32: bool = field(default=True, metadata={"help": "TF32 matmuls on Ampere and newer GPUs."})
     ddp_bucket_cap_mb: int = field(default=25, metadata={"help": "DDP all-reduce bucket size in MiB (fewer, larger "
                                                          "collectives when raised)."})
+    ddp_comm_hook: str = field(default="no", metadata={"help": "Compress gradients to bf16 or fp16 for the all-reduce "
+                                                       "(half the bytes; for nodes without NVLink).",
+                                                       "choices": ["no", "bf16", "fp16"]})
     seed: int = 1337
     on_nonfinite: str = field(default="stop", metadata={"help": "When loss or gradient norm is NaN/inf: stop the "
                                                         "run, or skip the step.", "choices": ["stop", "skip"]})
@@ -741,8 +744,9 @@ def compile_plugin(config: RunConfig) -> TorchDynamoPlugin | None:
 
 def ddp_settings(config: RunConfig) -> DistributedDataParallelKwargs:
     # Gradients are views into the all-reduce buckets: one copy less of 124M floats per step.
-    return DistributedDataParallelKwargs(gradient_as_bucket_view=True,
-                                         bucket_cap_mb=config.optimization.ddp_bucket_cap_mb)
+    o = config.optimization
+    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, bucket_cap_mb=o.ddp_bucket_cap_mb,
+                                         comm_hook=DDPCommunicationHookType(o.ddp_comm_hook))
 
 
 def build_accelerator(config: RunConfig) -> Accelerator:

@@ -21,6 +21,7 @@ a step also counts the times the train step reads a device value back to the hos
 """
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -43,6 +44,8 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from configuration import GPT2ScratchConfig  # noqa: E402
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM  # noqa: E402
 from run_pretrain import (  # noqa: E402
+    ModelArguments,
+    OptimizationArguments,
     build_accelerator,
     build_optimizer,
     device_peak_flops,
@@ -53,7 +56,12 @@ from run_pretrain import (  # noqa: E402
 )
 
 SIZES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=4, n_embd=128)}
-COMPILE_MODES = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+def loop_choices(arguments: type, name: str) -> list[str]:
+    """The values the training loop accepts for one of its settings, so both take the same."""
+    return next(f for f in dataclasses.fields(arguments) if f.name == name).metadata["choices"]
+
 
 # Operators that copy a device value to the host; on a GPU each one waits for all queued work.
 HOST_READ_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
@@ -228,8 +236,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile both models (default: on, except with --tiny).")
-    parser.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
+    parser.add_argument("--compile_mode", default="default", choices=loop_choices(ModelArguments, "compile_mode"))
     parser.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP all-reduce bucket size (MiB).")
+    parser.add_argument("--ddp_comm_hook", default="no", choices=loop_choices(OptimizationArguments, "ddp_comm_hook"),
+                        help="Gradients all-reduced in bf16 or fp16 (DDP runs only).")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="ours,stock")
@@ -250,7 +260,8 @@ def main(argv=None):
     args = parse_args(argv)
     run_config = parse_config([f"--mixed_precision={args.mixed_precision}", f"--compile={args.compile}",
                                f"--compile_mode={args.compile_mode}", f"--ddp_bucket_cap_mb={args.ddp_bucket_cap_mb}",
-                               "--max_grad_norm=1.0", "--tf32=true", "--report_to=none"])
+                               f"--ddp_comm_hook={args.ddp_comm_hook}", "--max_grad_norm=1.0", "--tf32=true",
+                               "--report_to=none"])
     accelerator = build_accelerator(run_config)
     device = accelerator.device
     args.peak = device_peak_flops(device)
@@ -267,9 +278,9 @@ def main(argv=None):
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "accelerate": __import__("accelerate").__version__,
         "cuda_driver": _cuda_driver() if device.type == "cuda" else None,
-        "setting": {k: getattr(args, k) for k in ("size", "micro_batch", "seq_len", "accumulation", "mixed_precision",
-                                                 "compile", "compile_mode", "ddp_bucket_cap_mb", "warmup", "steps",
-                                                 "vocab")},
+        "setting": {k: getattr(args, k) for k in (
+            "size", "micro_batch", "seq_len", "accumulation", "mixed_precision", "compile", "compile_mode",
+            "ddp_bucket_cap_mb", "ddp_comm_hook", "warmup", "steps", "vocab")},
         "datasheet_bf16_flops": args.peak, "measured_matmul_flops": args.matmul, "results": results,
     }
     speed = {r["model"]: r["tokens_per_second"] for r in results}

@@ -131,7 +131,54 @@ def test_accelerator_carries_the_ddp_and_compile_settings():
         "INDUCTOR", "reduce-overhead")
     assert run_pretrain.compile_plugin(config_for(compile=False)) is None
     ddp = run_pretrain.ddp_settings(config)
-    assert (ddp.bucket_cap_mb, ddp.gradient_as_bucket_view) == (100, True)
+    assert (ddp.bucket_cap_mb, ddp.gradient_as_bucket_view, ddp.comm_hook.value) == (100, True, "no")
+    assert run_pretrain.ddp_settings(config_for(ddp_comm_hook="bf16")).comm_hook.value == "bf16"
+
+
+DDP_HOOK_WORKER = """
+import sys, torch, torch.distributed as dist, run_pretrain
+hook, rank, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+layer = torch.nn.Linear(16, 8)
+ddp = torch.nn.parallel.DistributedDataParallel(layer)
+run_pretrain.ddp_settings(run_pretrain.parse_config([f"--ddp_comm_hook={hook}"])).register_comm_hook(ddp)
+ddp(torch.randn(4, 16, generator=torch.Generator().manual_seed(rank))).pow(2).sum().backward()
+torch.save(layer.weight.grad, out)
+"""
+
+
+def all_reduced_gradient(hook: str, tmp_path) -> torch.Tensor:
+    """Rank 0's weight gradient after a real 2-process gloo all-reduce through `ddp_settings`' hook."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-c", DDP_HOOK_WORKER, hook, str(rank), str(tmp_path / f"{rank}.pt")],
+                                cwd=REPO_ROOT, env={**env, "RANK": str(rank)}, stderr=subprocess.PIPE, text=True)
+               for rank in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0, worker.stderr.read()[-3000:]
+    return torch.load(tmp_path / "0.pt")
+
+
+def test_fp16_communication_hook_all_reduces_gradients_in_fp16(tmp_path):
+    """The compressing hooks run through the same path; bf16's is refused by DDP without CUDA and NCCL."""
+    local = []  # each rank's own gradient, computed here without DDP
+    for rank in range(2):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(16, 8)
+        layer(torch.randn(4, 16, generator=torch.Generator().manual_seed(rank))).pow(2).sum().backward()
+        local.append(layer.weight.grad)
+    mean = (local[0] + local[1]) / 2
+    # The hook casts each rank's gradient to fp16 and halves it; the sum of two fp16 values is rounded once.
+    in_fp16 = (local[0].half() / 2 + local[1].half() / 2).float()
+    assert not torch.equal(in_fp16, mean)
+    assert torch.equal(all_reduced_gradient("no", tmp_path), mean)
+    assert torch.equal(all_reduced_gradient("fp16", tmp_path), in_fp16)
 
 
 def test_flops_per_token_of_gpt2_124m_by_hand():
