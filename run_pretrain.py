@@ -26,6 +26,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, TorchDynamoPlugin, set_seed
+from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, HfArgumentParser, get_cosine_with_min_lr_schedule_with_warmup
 
@@ -33,11 +34,12 @@ from configuration import GPT2ScratchConfig
 from eval import hellaswag
 from eval.val_loss import row_batches, validation_loss
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
-from prepare_data import METADATA_FILE, TOKENIZER_SUBDIR, PackedRows
+from prepare_data import LOCAL_BUILDERS, METADATA_FILE, TOKENIZER_SUBDIR, PackedRows
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
 NONFINITE_EXIT_CODE = 3
 CHECKPOINT_EXIT_CODE = 4
+HUB_EXIT_CODE = 5  # trained and saved, but the upload failed
 RUN_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 KILL_AFTER_STEP = int(os.environ.get("RUN_PRETRAIN_KILL_AFTER_STEP", "0"))
@@ -128,9 +130,12 @@ class CheckpointArguments:
 
 @dataclass
 class HubArguments:
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private: bool = False
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model, tokenizer and model card."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "USER/NAME of the hub repository."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the repository private."})
+    hub_format: str = field(default="scratch", metadata={
+        "help": "Push this model (loads with trust_remote_code) or its stock GPT-2 export (loads in any GPT-2 tool).",
+        "choices": ["scratch", "gpt2"]})
 
 
 CONFIG_SECTIONS = {
@@ -406,10 +411,14 @@ class RunLog:
 # ---- evaluation ----------------------------------------------------------------------------------------------
 
 
+def validation_rows(data: TrainingData, config: RunConfig) -> int:
+    """How many validation rows make up `eval_tokens` (all of them, if the split is smaller)."""
+    return min(len(data.validation), max(1, config.logging.eval_tokens // data.block_size))
+
+
 def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> float:
     """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes."""
-    rows = min(len(data.validation), max(1, config.logging.eval_tokens // data.block_size))
-    mine = np.arange(accelerator.process_index, rows, accelerator.num_processes)
+    mine = np.arange(accelerator.process_index, validation_rows(data, config), accelerator.num_processes)
     batches = row_batches(data.validation.rows, mine, config.data.micro_batch_size)
     return validation_loss(model, batches, accelerator)
 
@@ -558,21 +567,119 @@ def check_output_dir(config: RunConfig, output_dir: Path, resuming: bool):
                           "--overwrite_output_dir")
 
 
+# ---- the final model ---------------------------------------------------------------------------------------
+
+
+def final_model_dir(output_dir: Path, stock_gpt2: bool = False) -> Path:
+    return output_dir / ("final_gpt2" if stock_gpt2 else "final")
+
+
 def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: Accelerator, output_dir: Path):
+    """`final/` (this model) and `final_gpt2/` (stock GPT-2), each with the tokenizer and a model card."""
     accelerator.wait_for_everyone()
     unwrapped = eager_module(model, accelerator)
-    final_dir = output_dir / "final"
+    final_dir = final_model_dir(output_dir)
     unwrapped.save_pretrained(final_dir, is_main_process=accelerator.is_main_process,
                               save_function=accelerator.save, state_dict=accelerator.get_state_dict(unwrapped))
     if accelerator.is_main_process:
         data.tokenizer.save_pretrained(final_dir)
+        model_card(unwrapped, data, config, output_dir, stock_gpt2=False).save(final_dir / "README.md")
         if config.checkpointing.export_gpt2:
-            unwrapped.to_gpt2().save_pretrained(output_dir / "final_gpt2")
-            data.tokenizer.save_pretrained(output_dir / "final_gpt2")
-        if config.hub.push_to_hub:
-            unwrapped.push_to_hub(config.hub.hub_model_id, private=config.hub.hub_private)
-            data.tokenizer.push_to_hub(config.hub.hub_model_id, private=config.hub.hub_private)
+            gpt2_dir, stock = final_model_dir(output_dir, stock_gpt2=True), unwrapped.to_gpt2()
+            stock.save_pretrained(gpt2_dir)
+            data.tokenizer.save_pretrained(gpt2_dir)
+            model_card(stock, data, config, output_dir, stock_gpt2=True).save(gpt2_dir / "README.md")
     return final_dir
+
+
+def last_logged(log_path: Path, kind: str) -> dict | None:
+    records = [json.loads(line) for line in log_path.open()] if log_path.exists() else []
+    return next((r for r in reversed(records) if r["type"] == kind), None)
+
+
+def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, stock_gpt2: bool) -> ModelCard:
+    """The README.md beside the final weights, pushed with them: what was trained, on what, how it scored."""
+    c, source = model.config, data.metadata["source"]
+    on_hub = source["dataset"] not in LOCAL_BUILDERS
+    name = config.hub.hub_model_id or str(final_model_dir(output_dir, stock_gpt2))
+    metadata = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
+                             tags=["gpt2", "gpt2-scratch", "pretraining"],
+                             datasets=[source["dataset"]] if on_hub else None)
+    corpus = (f"`{source['dataset']}` ({source.get('dataset_config')})" if on_hub
+              else f"local files ({', '.join(source['data_files'])})")
+    scores = []
+    if evaluation := last_logged(output_dir / "log.jsonl", "eval"):
+        tokens = validation_rows(data, config) * data.block_size
+        scores.append(f"| validation loss, {tokens:,} held-out tokens (step {evaluation['step']:,}) | "
+                      f"{evaluation['val_loss']:.4f} |")
+    if swag := last_logged(output_dir / "log.jsonl", "hellaswag"):
+        scores.append(f"| HellaSwag-schema `acc_norm`, {swag['examples']:,} examples, "
+                      f"{config.logging.hellaswag_file or 'Rowan/hellaswag validation'} (step {swag['step']:,}) | "
+                      f"{swag['acc_norm']:.4f} |")
+    start = f"from `{config.model.init_from}`" if config.model.init_from else "from scratch"
+    o, tokens_per_step = config.optimization, config.data.total_batch_tokens
+    stock_note = " Saved as stock `GPT2LMHeadModel`." if stock_gpt2 else ""
+    load_args = "" if stock_gpt2 else ", trust_remote_code=True"
+    lm_eval_args = f"pretrained={name}" + ("" if stock_gpt2 else ",trust_remote_code=True")
+    text = f"""---
+{metadata.to_yaml()}
+---
+
+# {config.hub.hub_model_id.rsplit("/", 1)[-1] if config.hub.hub_model_id else output_dir.resolve().name}
+
+A GPT-2 language model trained {start} with gpt2-scratch's `run_pretrain.py`: {c.n_layer} layers,
+{c.n_head} heads, width {c.n_embd}, context {c.n_positions}, {model.num_parameters():,} parameters.{stock_note}
+Trained for {o.max_steps:,} optimizer steps of {tokens_per_step:,} tokens ({o.max_steps * tokens_per_step:,} tokens)
+on {corpus}, tokenized with `{data.metadata["tokenizer"]["name_or_path"]}`.
+
+| measure | value |
+| --- | --- |
+{chr(10).join(scores) or "| (no evaluation logged) | |"}
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{name}"{load_args})
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+```
+
+```bash
+lm_eval --model hf --model_args {lm_eval_args} --tasks hellaswag
+```
+
+## Training configuration
+
+```yaml
+{yaml.safe_dump(config.to_dict(), sort_keys=False).strip()}
+```
+"""
+    return ModelCard(text)
+
+
+def create_hub_repo(config: RunConfig):
+    """Before training, as transformers' Trainer does: a missing token or a refused name fails now, not at the end."""
+    if get_token() is None:
+        raise ConfigError("--push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    try:
+        HfApi().create_repo(config.hub.hub_model_id, private=config.hub.hub_private, exist_ok=True)
+    except Exception as error:  # HTTP refusals and network failures alike: nothing has been trained yet
+        raise ConfigError(f"cannot create hub repository {config.hub.hub_model_id}: {error}") from error
+
+
+def push_final_model(output_dir: Path, config: RunConfig) -> int:
+    """Upload the saved folder as one commit; on failure the model stays on disk and the message says how to retry."""
+    folder = final_model_dir(output_dir, stock_gpt2=config.hub.hub_format == "gpt2")
+    try:
+        url = HfApi().upload_folder(repo_id=config.hub.hub_model_id, folder_path=folder,
+                                    commit_message=f"gpt2-scratch: {config.optimization.max_steps:,} steps")
+    except Exception as error:  # whatever the hub or the network says, the trained model is safe on disk
+        print(f"run_pretrain.py: error: pushing {folder} to the hub failed: {error}\n"
+              f"The model is saved; retry with: hf upload {config.hub.hub_model_id} {folder} .", file=sys.stderr)
+        return HUB_EXIT_CODE
+    print(f"pushed {folder} to {url}")
+    return 0
 
 
 # ---- training ------------------------------------------------------------------------------------------------
@@ -767,8 +874,12 @@ def run(config: RunConfig) -> int:
     output_dir = Path(config.logging.output_dir)
     if config.hub.push_to_hub and not config.hub.hub_model_id:
         raise ConfigError("--push_to_hub needs --hub_model_id")
+    if config.hub.push_to_hub and config.hub.hub_format == "gpt2" and not config.checkpointing.export_gpt2:
+        raise ConfigError("--hub_format gpt2 pushes the stock GPT-2 export; it needs --export_gpt2 true")
     resume_from = resolve_resume(config, output_dir)
     check_output_dir(config, output_dir, resuming=resume_from is not None)
+    if config.hub.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        create_hub_repo(config)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch, torchrun, or the SLURM script
     data = build_data(config, world_size)
     accelerator = build_accelerator(config)
@@ -810,6 +921,8 @@ def run(config: RunConfig) -> int:
     if status == 0:
         final_dir = save_final_model(model, data, config, accelerator, output_dir)
         accelerator.print(f"saved {final_dir}")
+        if config.hub.push_to_hub and accelerator.is_main_process:
+            status = push_final_model(output_dir, config)
     accelerator.end_training()
     return status
 
