@@ -184,6 +184,8 @@ def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
         "tokens_per_second_per_process": tokens / step_time / accelerator.num_processes,
         "step_time_spread": [min(times), max(times)],
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        # What the caching allocator held at most: the footprint a smaller card must have room for.
+        "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None,
         # On CPU: the process's high-water mark so far, so compare models run in separate processes.
         "peak_process_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
@@ -209,7 +211,8 @@ def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
 def print_report(report: dict):
     for r in report["results"]:
         mfu = f", MFU {r['mfu_vs_datasheet']:.1%}" if r["mfu_vs_datasheet"] else ""
-        memory = f", peak {r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] else ""
+        memory = (f", peak {r['peak_memory_gib']:.1f} GiB allocated, {r['peak_reserved_gib']:.1f} GiB reserved"
+                  if r["peak_memory_gib"] else "")
         speed = f"{r['tokens_per_second']:>12,.0f} tokens/s  {r['ms_per_step']:8.1f} ms/step"
         print(f"{r['model']:>6}: {speed}{mfu}{memory}")
         if "host_reads_in_train_step" in r:
