@@ -30,6 +30,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets.arrow_writer import ArrowWriter
 from tiktoken.load import load_tiktoken_bpe
 from transformers import (
     AutoTokenizer,
@@ -300,6 +301,27 @@ class PackedRows:
         return out
 
 
+_worker_tokenizer: "DocumentTokenizer | None" = None
+
+
+def _install_tokenizer(tokenize: "DocumentTokenizer"):
+    """Pool initializer: each worker receives the tokenizer once and builds its encoder once."""
+    global _worker_tokenizer
+    _worker_tokenizer = tokenize
+
+
+def _tokenize_in_worker(batch: pa.Table) -> pa.Table:
+    return _worker_tokenizer(batch)
+
+
+def tokenizer_pool(tokenize: "DocumentTokenizer", num_proc: int):
+    # Not fork: a streaming source may run threads (HTTP, fsspec). A fork server imports this module once
+    # and forks each worker from it; spawned workers would each import it, one after another.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context.Pool(num_proc, initializer=_install_tokenizer, initargs=(tokenize,))
+
+
 class StreamedSplit:
     """Rows of one split packed from a document stream as it is tokenized (used with --streaming).
 
@@ -308,40 +330,47 @@ class StreamedSplit:
     split stops at the first document boundary past `token_budget`.
     """
 
-    def __init__(self, documents, tokenize: "DocumentTokenizer", text_column: str, block_size: int,
-                 num_proc: int, token_budget: int | None = None):
-        self.documents, self.tokenize, self.text_column = documents, tokenize, text_column
-        self.block_size, self.num_proc, self.token_budget = block_size, num_proc, token_budget
-        self.counts = {"documents": 0, "tokens": 0, "replacement_chars": 0}
+    def __init__(self, documents, pool, text_column: str, block_size: int, dtype: str,
+                 token_budget: int | None = None):
+        self.documents, self.pool, self.text_column = documents, pool, text_column
+        self.block_size, self.dtype, self.token_budget = block_size, dtype, token_budget
+        self.counts = {"documents": 0, "tokens": 0, "replacement_chars": 0, "rows": 0}
 
     def _text_batches(self):
-        batch = []
-        for record in self.documents:
-            batch.append(record[self.text_column])
-            if len(batch) == STREAM_BATCH_DOCUMENTS:
-                yield pa.table({self.text_column: batch})
-                batch = []
-        if batch:
-            yield pa.table({self.text_column: batch})
+        for batch in self.documents.select_columns([self.text_column]).iter(batch_size=STREAM_BATCH_DOCUMENTS):
+            yield pa.table(batch)
 
-    def rows(self):
-        carry = np.empty(0, dtype=self.tokenize.dtype)
-        with multiprocessing.get_context("spawn").Pool(self.num_proc) as pool:
-            for table in pool.imap(self.tokenize, self._text_batches()):
-                lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
-                if self.token_budget is not None:  # keep documents up to the first one that fills the budget
-                    needed = self.token_budget - self.counts["tokens"]
-                    table = table.slice(0, int(np.searchsorted(np.cumsum(lengths), needed)) + 1)
-                    lengths = lengths[: table.num_rows]
-                self.counts["documents"] += table.num_rows
-                self.counts["tokens"] += int(lengths.sum())
-                self.counts["replacement_chars"] += int(pc.sum(table.column("replacement_chars")).as_py() or 0)
-                stream = np.concatenate([carry, pc.list_flatten(table.column("input_ids")).to_numpy()])
-                packed = pack_stream(stream, self.block_size)
-                carry = stream[len(packed) * self.block_size :] if len(packed) else stream
-                yield from ({"input_ids": row} for row in packed)
-                if self.token_budget is not None and self.counts["tokens"] >= self.token_budget:
-                    return
+    def packed_batches(self):
+        """(n, block_size + 1) arrays of rows, one per tokenized batch of documents."""
+        carry = np.empty(0, dtype=self.dtype)
+        for table in self.pool.imap(_tokenize_in_worker, self._text_batches()):
+            lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+            if self.token_budget is not None:  # keep documents up to the first one that fills the budget
+                needed = self.token_budget - self.counts["tokens"]
+                table = table.slice(0, int(np.searchsorted(np.cumsum(lengths), needed)) + 1)
+                lengths = lengths[: table.num_rows]
+            self.counts["documents"] += table.num_rows
+            self.counts["tokens"] += int(lengths.sum())
+            self.counts["replacement_chars"] += int(pc.sum(table.column("replacement_chars")).as_py() or 0)
+            stream = np.concatenate([carry, pc.list_flatten(table.column("input_ids")).to_numpy()])
+            packed = pack_stream(stream, self.block_size)
+            carry = stream[len(packed) * self.block_size :] if len(packed) else stream
+            self.counts["rows"] += len(packed)
+            yield packed
+            if self.token_budget is not None and self.counts["tokens"] >= self.token_budget:
+                return
+
+
+def streamed_dataset(split: StreamedSplit, features, path: Path, too_short: PrepareError) -> datasets.Dataset:
+    """Writes the split's rows to one Arrow file as they are packed, a whole batch of rows at a time."""
+    with ArrowWriter(features=features, path=str(path)) as writer:
+        for packed in split.packed_batches():
+            rows = pa.FixedSizeListArray.from_arrays(pa.array(packed.ravel()), packed.shape[1])
+            writer.write_table(pa.table({"input_ids": rows}))
+        writer.finalize()
+    if not split.counts["rows"]:
+        raise too_short
+    return datasets.Dataset.from_file(str(path))
 
 
 def build_streamed_splits(args: PrepareArguments, stream, tokenizer, staging: Path) -> dict:
@@ -350,25 +379,23 @@ def build_streamed_splits(args: PrepareArguments, stream, tokenizer, staging: Pa
     dtype = tokenize.dtype
     val_tokens = args.val_tokens if args.val_tokens is not None else MAX_DEFAULT_VAL_TOKENS
     features = datasets.Features({"input_ids": datasets.List(datasets.Value(dtype), length=args.block_size + 1)})
-    parts = {"validation": StreamedSplit(stream, tokenize, args.text_column, args.block_size, args.num_proc,
-                                         val_tokens)}
-    built = {}
-    for name in ("validation", "train"):
-        if name == "train":
-            held_out = parts["validation"].counts["documents"]
-            parts["train"] = StreamedSplit(stream.skip(held_out), tokenize, args.text_column, args.block_size,
-                                           args.num_proc)
-        built[name] = datasets.Dataset.from_generator(
-            parts[name].rows, features=features, cache_dir=str(staging / "stream_cache"),
-            fingerprint=f"stream-{name}-{time.time_ns()}",  # never served from a cache: the source may change
-        )
-    if parts["validation"].counts["tokens"] < val_tokens or len(built["train"]) == 0:
-        raise PrepareError(f"the stream ended before {val_tokens} validation tokens and one training row; "
-                           "pass a smaller --val_tokens")
+    too_short = PrepareError(f"the stream ended before {val_tokens:,} validation tokens and one training row; "
+                             "pass a smaller --val_tokens")
+    scratch = staging / "stream_cache"  # each split's rows as they are packed, before save_to_disk
+    scratch.mkdir()
+    with tokenizer_pool(tokenize, args.num_proc) as pool:  # one pool for both splits: workers start once
+        parts = {"validation": StreamedSplit(stream, pool, args.text_column, args.block_size, dtype, val_tokens)}
+        built = {"validation": streamed_dataset(parts["validation"], features, scratch / "validation.arrow",
+                                                too_short)}
+        if parts["validation"].counts["tokens"] < val_tokens:
+            raise too_short
+        held_out = parts["validation"].counts["documents"]
+        parts["train"] = StreamedSplit(stream.skip(held_out), pool, args.text_column, args.block_size, dtype)
+        built["train"] = streamed_dataset(parts["train"], features, scratch / "train.arrow", too_short)
     datasets.DatasetDict(built).save_to_disk(str(staging))
-    shutil.rmtree(staging / "stream_cache")
+    shutil.rmtree(scratch)
     split_stats = {
-        name: {"documents": part.counts["documents"], "tokens": part.counts["tokens"], "rows": len(built[name]),
+        name: {"documents": part.counts["documents"], "tokens": part.counts["tokens"], "rows": part.counts["rows"],
                "dropped_tokens": part.counts["tokens"] - len(built[name]) * args.block_size}
         for name, part in parts.items()
     }

@@ -72,9 +72,10 @@ def test_ddp_scaling_runs_one_and_two_gloo_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_data_speed_runs_both_pipelines(shared_data, capsys):
+def test_prepare_data_speed_runs_all_three_pipelines(shared_data, capsys):
     import prepare_data_speed
 
     prepare_data_speed.main(["--data_dir", str(shared_data), "--copies", "1", "--repeats", "1", "--num_proc", "2"])
     out = capsys.readouterr().out
-    assert "ratio ours / baseline:" in out and "1,809," in out  # the same token count on both sides
+    assert "corpus: 1,809,929 tokens" in out  # main() stops if the three pipelines' token counts differ
+    assert out.count("ratio to baseline") == 3 and "--streaming" in out

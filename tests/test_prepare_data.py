@@ -182,7 +182,7 @@ def expect_error(capsys, argv, message):
     assert message in err, err
 
 
-def test_bad_inputs_give_one_line_errors(corpus, tmp_path, ranks_file, capsys):
+def test_bad_inputs_give_one_line_errors(corpus, tmp_path, ranks_file, reference, capsys):
     common = ["--tokenizer", ranks_file, "--num_proc", "1", "--block_size", str(BLOCK)]
     expect_error(capsys, ["--output_dir", str(tmp_path / "a"), "--dataset", "text", "--data_files",
                           str(tmp_path / "nothing" / "*.txt"), *common], "no file matches")
@@ -198,7 +198,12 @@ def test_bad_inputs_give_one_line_errors(corpus, tmp_path, ranks_file, capsys):
                  "cannot load tokenizer")
     expect_error(capsys, ["--output_dir", str(tmp_path / "e"), "--dataset", "text", "--data_files",
                           str(corpus / "*.txt"), "--val_tokens", "1000000", *common], "takes every document")
-    for folder in "abcde":  # nothing written, not even the staging directory of a run that failed late
+    all_tokens = sum(1 + len(reference.encode_ordinary(text)) for text in DOCUMENTS)
+    for folder, val_tokens in (("f", 1_000_000), ("g", all_tokens)):  # short of validation; nothing left to train
+        expect_error(capsys, ["--output_dir", str(tmp_path / folder), "--dataset", "text", "--data_files",
+                              str(corpus / "*.txt"), "--streaming", "--val_tokens", str(val_tokens), *common],
+                     "the stream ended before")
+    for folder in "abcdefg":  # nothing written, not even the staging directory of a run that failed late
         assert not (tmp_path / folder).exists() and not (tmp_path / f"{folder}.tmp").exists()
 
 
