@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.arrow_writer import ArrowWriter
+from datasets.utils import tqdm as datasets_tqdm  # tqdm that follows datasets' progress-bar switch
 from tiktoken.load import load_tiktoken_bpe
 from transformers import (
     AutoTokenizer,
@@ -363,10 +364,13 @@ class StreamedSplit:
 
 def streamed_dataset(split: StreamedSplit, features, path: Path, too_short: PrepareError) -> datasets.Dataset:
     """Writes the split's rows to one Arrow file as they are packed, a whole batch of rows at a time."""
-    with ArrowWriter(features=features, path=str(path)) as writer:
+    with (ArrowWriter(features=features, path=str(path)) as writer,
+          datasets_tqdm(desc=f"Streaming {path.stem}", unit=" tokens", unit_scale=True, total=split.token_budget)
+          as progress):
         for packed in split.packed_batches():
             rows = pa.FixedSizeListArray.from_arrays(pa.array(packed.ravel()), packed.shape[1])
             writer.write_table(pa.table({"input_ids": rows}))
+            progress.update(split.counts["tokens"] - progress.n)
         writer.finalize()
     if not split.counts["rows"]:
         raise too_short
