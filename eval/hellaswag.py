@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from eval import evaluating
 
@@ -105,11 +106,13 @@ def ending_losses(model, rows: list[tuple[list[int], int]], device, pad_id: int)
     return summed, summed / scored.sum(dim=1)
 
 
-def predict(model, tokenizer, examples: list[Example], batch_size: int, device, max_length: int):
+def predict(model, tokenizer, examples: list[Example], batch_size: int, device, max_length: int,
+            progress: bool = False):
     """(acc choice, acc_norm choice) per example; examples are batched `batch_size` at a time (4 rows each)."""
     choices = []
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    for start in range(0, len(examples), batch_size):
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(starts, desc="HellaSwag", unit=" batches", disable=not progress):
         batch = examples[start : start + batch_size]
         rows = [row for example in batch for row in example_rows(example, tokenizer, max_length)]
         summed, mean = ending_losses(model, rows, device, pad_id)
@@ -120,14 +123,14 @@ def predict(model, tokenizer, examples: list[Example], batch_size: int, device, 
 
 
 def evaluate_model(model, tokenizer, examples: list[Example], accelerator=None, batch_size: int = 16,
-                   max_length: int | None = None) -> dict:
+                   max_length: int | None = None, progress: bool = False) -> dict:
     """acc and acc_norm over all examples; with an accelerator, each process scores its share and counts add up."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     config = getattr(model, "config", None) or accelerator.unwrap_model(model).config
     max_length = max_length or config.n_positions
     mine = examples[rank::world]
     with evaluating(model, accelerator) as device:
-        choices = predict(model, tokenizer, mine, batch_size, device, max_length)
+        choices = predict(model, tokenizer, mine, batch_size, device, max_length, progress=progress and rank == 0)
     counts = torch.tensor([sum(c[0] == e.label for c, e in zip(choices, mine, strict=True)),
                            sum(c[1] == e.label for c, e in zip(choices, mine, strict=True)), len(mine)],
                           dtype=torch.float64, device=device)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
              "bfloat16": torch.bfloat16}[args.dtype]
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    scores = evaluate_model(model, tokenizer, examples, batch_size=args.batch_size)
+    scores = evaluate_model(model, tokenizer, examples, batch_size=args.batch_size, progress=True)
     scores.update(model=args.model, data=args.data or HUB_DATASET)
     print(json.dumps(scores, indent=2))
     if args.output:

@@ -8,10 +8,12 @@ baseline are comparable; the reproduction measured 3.2924 for GPT-2 124M on its 
 
 import argparse
 import json
+import math
 import sys
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from eval import evaluating
 
@@ -59,7 +61,9 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(device)
-    loss = validation_loss(model, row_batches(rows, np.arange(count), args.batch_size))
+    batches = tqdm(row_batches(rows, np.arange(count), args.batch_size), total=math.ceil(count / args.batch_size),
+                   desc="Validation loss", unit=" batches")
+    loss = validation_loss(model, batches)
     print(json.dumps({"model": args.model, "data_dir": args.data_dir, "tokens": count * (rows.width - 1),
                       "val_loss": loss}, indent=2))
     return 0
