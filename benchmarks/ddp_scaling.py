@@ -46,7 +46,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         for n in counts:
             report = launch_throughput(n, throughput_args, args.tiny, Path(scratch) / f"{n}.json")
-            runs[n] = report["results"][0]["tokens_per_second_per_process"]
+            result = report["results"][0]
+            if "error" in result:
+                raise SystemExit(f"{n} processes: {result['error']}")
+            runs[n] = result["tokens_per_second_per_process"]
     base = runs[counts[0]]
     scaling = {"device": report["device"], "setting": report["setting"], "runs": [
         {"processes": n, "tokens_per_second": rate * n, "tokens_per_second_per_process": rate,

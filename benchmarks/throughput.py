@@ -210,6 +210,9 @@ def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
 
 def print_report(report: dict):
     for r in report["results"]:
+        if "error" in r:
+            print(f"{r['model']:>6}: {r['error']}")
+            continue
         mfu = f", MFU {r['mfu_vs_datasheet']:.1%}" if r["mfu_vs_datasheet"] else ""
         memory = (f", peak {r['peak_memory_gib']:.1f} GiB allocated, {r['peak_reserved_gib']:.1f} GiB reserved"
                   if r["peak_memory_gib"] else "")
@@ -273,7 +276,10 @@ def main(argv=None):
         args.trace_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for kind in args.models.split(","):
-        results.append(benchmark(kind, args, accelerator, run_config))
+        try:
+            results.append(benchmark(kind, args, accelerator, run_config))
+        except torch.OutOfMemoryError as error:  # a result in itself; the other model is still measured
+            results.append({"model": kind, "error": str(error).splitlines()[0]})
         accelerator.free_memory()  # drops its references to the prepared model, so the next starts empty
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -286,7 +292,7 @@ def main(argv=None):
             "ddp_bucket_cap_mb", "ddp_comm_hook", "warmup", "steps", "vocab")},
         "datasheet_bf16_flops": args.peak, "measured_matmul_flops": args.matmul, "results": results,
     }
-    speed = {r["model"]: r["tokens_per_second"] for r in results}
+    speed = {r["model"]: r["tokens_per_second"] for r in results if "error" not in r}
     if {"ours", "stock"} <= speed.keys():
         report["ratio_ours_over_stock"] = speed["ours"] / speed["stock"]
     if accelerator.is_main_process:

@@ -26,6 +26,24 @@ def test_throughput_tiny_mode_measures_and_profiles_both_models(tmp_path):
     assert abs(sum(op["share"] for op in ours["profile"]["top"]) - 1) < 0.3
 
 
+def test_a_model_running_out_of_memory_is_reported_and_the_other_still_measured(monkeypatch, capsys):
+    import throughput
+
+    real_build = throughput.build
+
+    def build(kind, *args):
+        if kind == "stock":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.27 GiB.\nmore detail")
+        return real_build(kind, *args)
+
+    monkeypatch.setattr(throughput, "build", build)
+    report = throughput.main(["--tiny", "--steps", "1", "--warmup", "1", "--profile_steps", "0"])
+    ours, stock = report["results"]
+    assert ours["tokens_per_second"] > 0 and "ratio_ours_over_stock" not in report
+    assert stock == {"model": "stock", "error": "CUDA out of memory. Tried to allocate 12.27 GiB."}
+    assert " stock: CUDA out of memory" in capsys.readouterr().out
+
+
 def test_host_read_counter_sees_item_bool_and_nonzero():
     import throughput
 
