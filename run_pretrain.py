@@ -32,6 +32,7 @@ from transformers import AutoTokenizer, HfArgumentParser, get_cosine_with_min_lr
 
 from configuration import GPT2ScratchConfig
 from eval import hellaswag
+from eval.plot import plot_run
 from eval.val_loss import row_batches, validation_loss
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from prepare_data import LOCAL_BUILDERS, METADATA_FILE, TOKENIZER_SUBDIR, PackedRows
@@ -40,6 +41,7 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job scri
 NONFINITE_EXIT_CODE = 3
 CHECKPOINT_EXIT_CODE = 4
 HUB_EXIT_CODE = 5  # trained and saved, but the upload failed
+CURVES_FILE = "training_curves.png"  # eval.plot's picture of the run, beside the log and in the final folders
 RUN_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 KILL_AFTER_STEP = int(os.environ.get("RUN_PRETRAIN_KILL_AFTER_STEP", "0"))
@@ -582,13 +584,17 @@ def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: 
     unwrapped.save_pretrained(final_dir, is_main_process=accelerator.is_main_process,
                               save_function=accelerator.save, state_dict=accelerator.get_state_dict(unwrapped))
     if accelerator.is_main_process:
+        curves = plot_run(output_dir / "log.jsonl", output_dir / CURVES_FILE, {},
+                          references=data.metadata["source"]["dataset"] == "HuggingFaceFW/fineweb-edu")
         data.tokenizer.save_pretrained(final_dir)
         model_card(unwrapped, data, config, output_dir, stock_gpt2=False).save(final_dir / "README.md")
+        shutil.copyfile(curves, final_dir / CURVES_FILE)
         if config.checkpointing.export_gpt2:
             gpt2_dir, stock = final_model_dir(output_dir, stock_gpt2=True), unwrapped.to_gpt2()
             stock.save_pretrained(gpt2_dir)
             data.tokenizer.save_pretrained(gpt2_dir)
             model_card(stock, data, config, output_dir, stock_gpt2=True).save(gpt2_dir / "README.md")
+            shutil.copyfile(curves, gpt2_dir / CURVES_FILE)
     return final_dir
 
 
@@ -635,6 +641,8 @@ on {corpus}, tokenized with `{data.metadata["tokenizer"]["name_or_path"]}`.
 | measure | value |
 | --- | --- |
 {chr(10).join(scores) or "| (no evaluation logged) | |"}
+
+![Training curves]({CURVES_FILE})
 
 ## Use
 

@@ -310,6 +310,7 @@ def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, f
     assert f"| {val_loss:.4f} |" in card.text
     assert 'from_pretrained("me/tiny-gpt2")' in card.text and "6 optimizer steps of 256 tokens" in card.text
     assert f"{stock.num_parameters():,} parameters" in card.text
+    assert "![Training curves](training_curves.png)" in card.text and (pushed / "training_curves.png").stat().st_size
     remote = ModelCard.load(out / "final" / "README.md")
     assert 'from_pretrained("me/tiny-gpt2", trust_remote_code=True)' in remote.text
 
