@@ -611,8 +611,9 @@ def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, s
     metadata = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
                              tags=["gpt2", "gpt2-scratch", "pretraining"],
                              datasets=[source["dataset"]] if on_hub else None)
-    corpus = (f"`{source['dataset']}` ({source.get('dataset_config')})" if on_hub
-              else f"local files ({', '.join(source['data_files'])})")
+    subset = f" ({source['dataset_config']})" if source.get("dataset_config") else ""
+    corpus = f"`{source['dataset']}`{subset}" if on_hub else f"local files ({', '.join(source['data_files'])})"
+    title = config.hub.hub_model_id.rsplit("/", 1)[-1] if config.hub.hub_model_id else output_dir.resolve().name
     scores = []
     if evaluation := last_logged(output_dir / "log.jsonl", "eval"):
         tokens = validation_rows(data, config) * data.block_size
@@ -631,7 +632,7 @@ def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, s
 {metadata.to_yaml()}
 ---
 
-# {config.hub.hub_model_id.rsplit("/", 1)[-1] if config.hub.hub_model_id else output_dir.resolve().name}
+# {title}
 
 A GPT-2 language model trained {start} with gpt2-scratch's `run_pretrain.py`: {c.n_layer} layers,
 {c.n_head} heads, width {c.n_embd}, context {c.n_positions}, {model.num_parameters():,} parameters.{stock_note}
