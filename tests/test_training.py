@@ -315,6 +315,17 @@ def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, f
     assert 'from_pretrained("me/tiny-gpt2", trust_remote_code=True)' in remote.text
 
 
+def test_model_card_names_a_hub_dataset_in_its_metadata(tiny_data, tmp_path):
+    config = parse_config(tiny_run_args(tiny_data, tmp_path / "run", hub_model_id="me/gpt2-fineweb"))
+    data = run_pretrain.build_data(config, world_size=1)
+    data.metadata["source"] = {"dataset": "HuggingFaceFW/fineweb-edu", "dataset_config": "sample-10BT"}
+    model = run_pretrain.build_model(config, data)
+    card = run_pretrain.model_card(model, data, config, tmp_path / "run", stock_gpt2=False)
+    assert card.data.datasets == ["HuggingFaceFW/fineweb-edu"]
+    assert "on `HuggingFaceFW/fineweb-edu` (sample-10BT)" in card.text and card.text.count("# gpt2-fineweb") == 1
+    assert "(no evaluation logged)" in card.text  # no log yet: the table says so instead of inventing scores
+
+
 def test_hub_failures_fail_early_or_keep_the_trained_model(tiny_data, tmp_path, fake_hub, monkeypatch, capsys):
     args = dict(max_steps=2, eval_every=2, save_every=0, push_to_hub=True, hub_model_id="me/tiny-gpt2")
     fake_hub.fail_on = "create_repo"
