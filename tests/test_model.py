@@ -318,6 +318,35 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
 
 
+COMPILED_PEAK_SCRIPT = """
+import gc, torch
+from configuration import GPT2ScratchConfig
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+model = GPT2ScratchForCausalLM(GPT2ScratchConfig(n_embd=32, n_layer=1, n_head=2, n_positions=1024,
+                                                 loss_chunk_tokens=512))
+compiled, x = torch.compile(model), torch.randint(0, 50257, (4, 1024))
+for _ in range(2):  # compile, then run once more compiled
+    compiled(x, labels=x).loss.backward()
+model.zero_grad(set_to_none=True)
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")  # resets the process's peak resident memory
+base = status("VmRSS")
+compiled(x, labels=x).loss.backward()
+print(status("VmHWM") - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's resettable peak RSS")
+def test_fused_loss_keeps_its_memory_bound_under_torch_compile():
+    """Inductor could fuse the chunk loop into one kernel holding every chunk's logits; it must not."""
+    result = subprocess.run([sys.executable, "-c", COMPILED_PEAK_SCRIPT], cwd=REPO_ROOT, capture_output=True,
+                            text=True, check=True)
+    whole_logits = 4 * 1024 * 50304 * 4  # float32, the padded head
+    assert int(result.stdout.split()[-1]) < whole_logits / 2
+
+
 def test_fused_loss_peak_memory_is_far_below_naive_logits():
     """Process high-water mark of forward+backward: 2048 tokens x 50257 logits are 412 MB in float32."""
     peaks = {}
