@@ -47,6 +47,7 @@ METADATA_FILE = "prepare_metadata.json"
 TOKENIZER_SUBDIR = "tokenizer"
 EOT = "<|endoftext|>"
 LOCAL_BUILDERS = ("text", "json", "parquet", "csv")
+FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"  # the reproduction's corpus, and the default source
 # GPT-2's pre-tokenization regex as tiktoken writes it for r50k_base (equivalent to the original, faster).
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 # The reproduction's FineWeb-Edu validation shard held 100M tokens; small corpora hold out 5% instead.
@@ -65,7 +66,7 @@ class PrepareError(Exception):
 class PrepareArguments:
     output_dir: str = field(metadata={"help": "Where the DatasetDict (train, validation) is saved."})
     dataset: str = field(
-        default="HuggingFaceFW/fineweb-edu",
+        default=FINEWEB_EDU,
         metadata={"help": "A hub dataset id, or a datasets builder for local files: text, json, parquet."},
     )
     dataset_config: str | None = field(default="sample-10BT", metadata={"help": "Hub dataset configuration."})
@@ -400,7 +401,7 @@ def build_streamed_splits(args: PrepareArguments, stream, tokenizer, staging: Pa
     shutil.rmtree(scratch)
     split_stats = {
         name: {"documents": part.counts["documents"], "tokens": part.counts["tokens"], "rows": part.counts["rows"],
-               "dropped_tokens": part.counts["tokens"] - len(built[name]) * args.block_size}
+               "dropped_tokens": part.counts["tokens"] - part.counts["rows"] * args.block_size}
         for name, part in parts.items()
     }
     return write_metadata(args, staging, tokenizer, tokenize, val_tokens, split_stats,

@@ -32,15 +32,16 @@ from transformers import AutoTokenizer, HfArgumentParser, get_cosine_with_min_lr
 
 from configuration import GPT2ScratchConfig
 from eval import hellaswag
-from eval.plot import plot_run
+from eval.plot import plot_run, read_log
 from eval.val_loss import row_batches, validation_loss
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
-from prepare_data import LOCAL_BUILDERS, METADATA_FILE, TOKENIZER_SUBDIR, PackedRows
+from prepare_data import FINEWEB_EDU, LOCAL_BUILDERS, METADATA_FILE, TOKENIZER_SUBDIR, PackedRows
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
 NONFINITE_EXIT_CODE = 3
 CHECKPOINT_EXIT_CODE = 4
 HUB_EXIT_CODE = 5  # trained and saved, but the upload failed
+LOG_FILE = "log.jsonl"  # one JSON record per line: train, eval, hellaswag, samples, nonfinite, resume
 CURVES_FILE = "training_curves.png"  # eval.plot's picture of the run, beside the log and in the final folders
 RUN_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -397,7 +398,7 @@ class RunLog:
 
     def __init__(self, accelerator: Accelerator, output_dir: Path):
         self.accelerator = accelerator
-        self.path = output_dir / "log.jsonl"
+        self.path = output_dir / LOG_FILE
 
     def write(self, kind: str, step: int, **values):
         if not self.accelerator.is_main_process:
@@ -584,8 +585,8 @@ def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: 
     unwrapped.save_pretrained(final_dir, is_main_process=accelerator.is_main_process,
                               save_function=accelerator.save, state_dict=accelerator.get_state_dict(unwrapped))
     if accelerator.is_main_process:
-        curves = plot_run(output_dir / "log.jsonl", output_dir / CURVES_FILE, {},
-                          references=data.metadata["source"]["dataset"] == "HuggingFaceFW/fineweb-edu")
+        curves = plot_run(output_dir / LOG_FILE, output_dir / CURVES_FILE, {},
+                          references=data.metadata["source"]["dataset"] == FINEWEB_EDU)
         data.tokenizer.save_pretrained(final_dir)
         model_card(unwrapped, data, config, output_dir, stock_gpt2=False).save(final_dir / "README.md")
         shutil.copyfile(curves, final_dir / CURVES_FILE)
@@ -596,11 +597,6 @@ def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: 
             model_card(stock, data, config, output_dir, stock_gpt2=True).save(gpt2_dir / "README.md")
             shutil.copyfile(curves, gpt2_dir / CURVES_FILE)
     return final_dir
-
-
-def last_logged(log_path: Path, kind: str) -> dict | None:
-    records = [json.loads(line) for line in log_path.open()] if log_path.exists() else []
-    return next((r for r in reversed(records) if r["type"] == kind), None)
 
 
 def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, stock_gpt2: bool) -> ModelCard:
@@ -614,12 +610,16 @@ def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, s
     subset = f" ({source['dataset_config']})" if source.get("dataset_config") else ""
     corpus = f"`{source['dataset']}`{subset}" if on_hub else f"local files ({', '.join(source['data_files'])})"
     title = config.hub.hub_model_id.rsplit("/", 1)[-1] if config.hub.hub_model_id else output_dir.resolve().name
+    log_path = output_dir / LOG_FILE
+    log = read_log(log_path) if log_path.exists() else {}
     scores = []
-    if evaluation := last_logged(output_dir / "log.jsonl", "eval"):
+    if log.get("eval"):
+        evaluation = log["eval"][-1]
         tokens = validation_rows(data, config) * data.block_size
         scores.append(f"| validation loss, {tokens:,} held-out tokens (step {evaluation['step']:,}) | "
                       f"{evaluation['val_loss']:.4f} |")
-    if swag := last_logged(output_dir / "log.jsonl", "hellaswag"):
+    if log.get("hellaswag"):
+        swag = log["hellaswag"][-1]
         scores.append(f"| HellaSwag-schema `acc_norm`, {swag['examples']:,} examples, "
                       f"{config.logging.hellaswag_file or 'Rowan/hellaswag validation'} (step {swag['step']:,}) | "
                       f"{swag['acc_norm']:.4f} |")
@@ -913,8 +913,8 @@ def run(config: RunConfig) -> int:
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        if resume_from is None and (output_dir / "log.jsonl").exists():
-            (output_dir / "log.jsonl").unlink()  # a new run (overwrite_output_dir) starts a new log
+        if resume_from is None:
+            (output_dir / LOG_FILE).unlink(missing_ok=True)  # a new run (overwrite_output_dir) starts a new log
         (output_dir / "run_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator.init_trackers("gpt2_scratch", config={k: v for s in config.to_dict().values() for k, v in s.items()
                                                       if isinstance(v, (int, float, str, bool))})

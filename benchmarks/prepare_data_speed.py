@@ -126,9 +126,10 @@ def main(argv=None):
                 shutil.rmtree(cache, ignore_errors=True)
     if len(set(tokens.values())) != 1:
         raise SystemExit(f"token counts differ: {tokens}")
+    (corpus_tokens,) = set(tokens.values())
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     baseline = next(iter(medians.values()))
-    print(f"corpus: {tokens[name]:,} tokens, {len(files)} files, num_proc={args.num_proc}, "
+    print(f"corpus: {corpus_tokens:,} tokens, {len(files)} files, num_proc={args.num_proc}, "
           f"{args.repeats} repeats (median; tokenizer conversion included in ours)")
     for name, speed in medians.items():
         print(f"{name:<58} {speed:>12,.0f} tokens/s  ratio to baseline {speed / baseline:.2f}")

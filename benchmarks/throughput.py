@@ -58,9 +58,10 @@ from run_pretrain import (  # noqa: E402
 SIZES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=4, n_embd=128)}
 
 
-def loop_choices(arguments: type, name: str) -> list[str]:
-    """The values the training loop accepts for one of its settings, so both take the same."""
-    return next(f for f in dataclasses.fields(arguments) if f.name == name).metadata["choices"]
+def loop_setting(arguments: type, name: str) -> dict:
+    """Default and choices of one of the training loop's settings, so the benchmark takes the same."""
+    setting = next(f for f in dataclasses.fields(arguments) if f.name == name)
+    return {"default": setting.default, "choices": setting.metadata.get("choices")}
 
 
 # Operators that copy a device value to the host; on a GPU each one waits for all queued work.
@@ -242,10 +243,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile both models (default: on, except with --tiny).")
-    parser.add_argument("--compile_mode", default="default", choices=loop_choices(ModelArguments, "compile_mode"))
-    parser.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP all-reduce bucket size (MiB).")
-    parser.add_argument("--ddp_comm_hook", default="no", choices=loop_choices(OptimizationArguments, "ddp_comm_hook"),
-                        help="Gradients all-reduced in bf16 or fp16 (DDP runs only).")
+    parser.add_argument("--compile_mode", **loop_setting(ModelArguments, "compile_mode"))
+    parser.add_argument("--ddp_bucket_cap_mb", type=int, help="DDP all-reduce bucket size (MiB).",
+                        **loop_setting(OptimizationArguments, "ddp_bucket_cap_mb"))
+    parser.add_argument("--ddp_comm_hook", help="Gradients all-reduced in bf16 or fp16 (DDP runs only).",
+                        **loop_setting(OptimizationArguments, "ddp_comm_hook"))
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="ours,stock")
