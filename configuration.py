@@ -13,7 +13,6 @@ from transformers import PreTrainedConfig
 @strict
 class GPT2ScratchConfig(PreTrainedConfig):
     model_type = "gpt2_scratch"
-    keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = {
         "hidden_size": "n_embd",
         "max_position_embeddings": "n_positions",

@@ -11,8 +11,12 @@ What differs from `transformers.GPT2LMHeadModel`, and why:
   never be predicted or sampled.
 - Attention always goes through `scaled_dot_product_attention`, with `is_causal` on the training
   path so flash attention is used.
-- With labels, the loss is computed by a fused linear + cross-entropy that never holds the logits of
-  the whole batch (they would be 64 x 1024 x 50304 floats, 13 GB in float32).
+- While training with labels, the loss is computed by a fused linear + cross-entropy that never holds
+  the logits of the whole batch (they would be 64 x 1024 x 50304 floats, 13 GB in float32). In eval
+  mode the output has loss and logits, as every transformers model's does.
+- The attention masks are built here from the 2-D padding mask, for whatever cache is in use (none,
+  dynamic or static), rather than through transformers' mask helpers, whose signatures change between
+  minor releases; the checkpoint carries this file as remote code and must load on all of them.
 """
 
 import math
@@ -43,6 +47,9 @@ except ImportError:  # in this repository they are top-level modules
 
 
 IGNORE_INDEX = -100
+# transformers 5.2x renamed the cache argument and output field `past_key_values` -> `cache`: this file
+# speaks whichever the installed transformers speaks, so a checkpoint's remote code runs on either.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # GPT-2 stores these four matrices as Conv1D weights, [in_features, out_features].
 CONV1D_WEIGHT_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -63,14 +70,17 @@ class CausalSelfAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,  # (B, T, C)
         attention_mask: torch.Tensor | None = None,  # (B, 1, T, T_past + T), True where attending
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         batch, seq_len, width = hidden_states.shape
         # (B, T, 3C) -> three (B, n_head, T, head_dim)
         qkv = self.c_attn(hidden_states).view(batch, seq_len, 3, self.n_head, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, n_head, T_past + T, head_dim)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, n_head, T_keys, head_dim)
+        if attention_mask is not None and attention_mask.shape[-1] < key.shape[-2]:
+            # A static cache hands back all its slots; the ones past the mask are not written yet.
+            attention_mask = F.pad(attention_mask, (0, key.shape[-2] - attention_mask.shape[-1]), value=False)
         attn = F.scaled_dot_product_attention(
             query,
             key,
@@ -114,24 +124,27 @@ class Block(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None):
-        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), attention_mask, past_key_values)
+    def forward(self, hidden_states, attention_mask=None, cache=None):
+        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), attention_mask, cache)
         return hidden_states + self.mlp(self.ln_2(hidden_states))
 
 
 def build_attention_mask(
-    attention_mask: torch.Tensor | None, query_len: int, past_len: int, device: torch.device
+    attention_mask: torch.Tensor | None, query_len: int, past_len: int | torch.Tensor, cache: Cache | None,
+    device: torch.device,
 ) -> torch.Tensor | None:
     """Boolean SDPA mask (B or 1, 1, query_len, past_len + query_len), or None for the plain causal case.
 
     `attention_mask` is transformers' 2-D padding mask (B, past_len + query_len) with 1 for real tokens;
-    a 4-D mask is taken as already built.
+    a 4-D mask (as `generate` builds for static caches) is taken as already built. Queries sit in the
+    cache's slots past_len, past_len + 1, ...; later slots of a static cache are hidden by causality.
     """
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask
-    if attention_mask is None and (past_len == 0 or query_len == 1):
+    keys_are_exactly_the_past = cache is None or isinstance(cache, DynamicCache)  # a static cache has spare slots
+    if attention_mask is None and keys_are_exactly_the_past and (past_len == 0 or query_len == 1):
         return None  # is_causal (or nothing to hide) handles it, and keeps the flash kernel
-    key_len = past_len + query_len
+    key_len = attention_mask.shape[-1] if attention_mask is not None else past_len + query_len
     query_positions = torch.arange(query_len, device=device)[:, None] + past_len
     key_positions = torch.arange(key_len, device=device)[None, :]
     mask = (key_positions <= query_positions)[None, None]  # (1, 1, T, T_past + T)
@@ -148,7 +161,7 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_FIELD]
     _supports_sdpa = True
 
     @torch.no_grad()
@@ -191,11 +204,12 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         input_ids: torch.LongTensor | None = None,  # (B, T)
         attention_mask: torch.Tensor | None = None,  # (B, T_past + T)
         position_ids: torch.LongTensor | None = None,  # (B or 1, T)
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)  # transformers before 5.2x
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -203,23 +217,26 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         seq_len = inputs_embeds.shape[1]
 
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if past_len + seq_len > self.config.n_positions:
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
+        past_len = cache.get_seq_length() if cache is not None else 0  # a tensor for static caches
+        # Under compile a static cache's length is data: the check would break the graph.
+        if not torch.compiler.is_compiling() and past_len + seq_len > self.config.n_positions:
             raise ValueError(
                 f"Sequence of {past_len + seq_len} tokens is longer than the model's n_positions "
                 f"({self.config.n_positions}); truncate the input or use a model with more positions."
             )
         if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device)[None]
+            position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_len)[None]
 
-        mask = build_attention_mask(attention_mask, seq_len, past_len, inputs_embeds.device)
+        mask = build_attention_mask(attention_mask, seq_len, past_len, cache, inputs_embeds.device)
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, C)
         for block in self.h:
-            hidden_states = block(hidden_states, mask, past_key_values)
+            hidden_states = block(hidden_states, mask, cache)
         hidden_states = self.ln_f(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_FIELD: cache})
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -291,33 +308,50 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,  # (B, T)
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,  # (B, T), the inputs themselves: shifted here
-        shift_labels: torch.LongTensor | None = None,  # (B, T), already the next tokens
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         return_logits: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """With `labels` or `shift_labels` the loss is returned and, unless `return_logits=True`, no logits."""
+        """`shift_labels` (B, T), targets already aligned with the inputs, may stand in for `labels`.
+
+        It arrives through `**kwargs`, as in transformers' own models, so that `Trainer` counts only
+        `labels` as a label column. Logits come back unless the model is training and has targets
+        (they are what blows the memory there); `return_logits` overrides either way.
+        """
+        shift_labels = kwargs.pop("shift_labels", None)
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache if cache is not None else kwargs.pop("past_key_values", None),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, C)
         head_weight = self.lm_head.weight[: self.config.vocab_size]  # padding rows never become logits
 
-        loss = None
         has_targets = labels is not None or shift_labels is not None
+        if return_logits is None:
+            return_logits = not (self.training and has_targets)
+        targets = align_targets(labels, shift_labels).reshape(-1) if has_targets else None
+        normalizer = None
         if has_targets:
-            targets = align_targets(labels, shift_labels).reshape(-1)
             normalizer = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+
+        loss = logits = None
+        if return_logits:
+            kept = hidden_states[:, -logits_to_keep:] if logits_to_keep and not has_targets else hidden_states
+            logits = F.linear(kept, head_weight)  # (B, T or logits_to_keep, vocab_size)
+            if has_targets:
+                flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+                loss = F.cross_entropy(flat_logits, targets, ignore_index=IGNORE_INDEX, reduction="sum") / normalizer
+                logits = logits[:, -logits_to_keep:] if logits_to_keep else logits
+        elif has_targets:
             loss = FusedLinearCrossEntropy.apply(
                 hidden_states.reshape(-1, hidden_states.shape[-1]),
                 head_weight,
@@ -325,12 +359,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
                 normalizer,
                 self.config.loss_chunk_tokens,
             )
-
-        logits = None
-        if not has_targets or return_logits:
-            kept = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
-            logits = F.linear(kept, head_weight)  # (B, T, vocab_size)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
     # ---- conversions to and from OpenAI's GPT-2 layout ------------------------------------------------
 

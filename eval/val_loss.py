@@ -30,12 +30,14 @@ def validation_loss(model, batches, accelerator=None) -> float:
 
     `labels` and `shift_labels` are both passed so that stock transformers models (which shift `labels`
     unless given `shift_labels`) and ours score the same targets; `num_items_in_batch=1` makes it a sum.
+    `return_logits=False` keeps ours on its fused loss in eval mode (stock models ignore the flag).
     """
     with evaluating(model, accelerator) as device:
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, target count
         for inputs, targets in batches:
             inputs, targets = inputs.to(device), targets.to(device)
-            out = model(input_ids=inputs, labels=targets, shift_labels=targets, num_items_in_batch=1, use_cache=False)
+            out = model(input_ids=inputs, labels=targets, shift_labels=targets, num_items_in_batch=1, use_cache=False,
+                        return_logits=False)
             totals += torch.stack([out.loss.double(), torch.tensor(targets.numel(), device=device,
                                                                     dtype=torch.float64)])
     if accelerator is not None:

@@ -60,3 +60,13 @@ def tiny_run_args(data_dir, output_dir, **overrides) -> list[str]:
                  eval_tokens=1024, sample_every=0, save_every=6, report_to="none")
     flags.update(overrides)
     return [f"--{key}={value}" for key, value in flags.items()]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory):
+    """A run_pretrain.py job on the tiny data: `final/` (this model, remote code) and `final_gpt2/` (stock)."""
+    import run_pretrain
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=0)) == 0
+    return out
