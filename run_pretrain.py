@@ -26,7 +26,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, TorchDynamoPlugin, set_seed
-from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, HfArgumentParser, get_cosine_with_min_lr_schedule_with_warmup
 
@@ -604,25 +604,36 @@ def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, s
     c, source = model.config, data.metadata["source"]
     on_hub = source["dataset"] not in LOCAL_BUILDERS
     name = config.hub.hub_model_id or str(final_model_dir(output_dir, stock_gpt2))
-    metadata = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
-                             tags=["gpt2", "gpt2-scratch", "pretraining"],
-                             datasets=[source["dataset"]] if on_hub else None)
     subset = f" ({source['dataset_config']})" if source.get("dataset_config") else ""
     corpus = f"`{source['dataset']}`{subset}" if on_hub else f"local files ({', '.join(source['data_files'])})"
     title = config.hub.hub_model_id.rsplit("/", 1)[-1] if config.hub.hub_model_id else output_dir.resolve().name
     log_path = output_dir / LOG_FILE
     log = read_log(log_path) if log_path.exists() else {}
-    scores = []
+    scores, eval_results = [], []
     if log.get("eval"):
         evaluation = log["eval"][-1]
         tokens = validation_rows(data, config) * data.block_size
         scores.append(f"| validation loss, {tokens:,} held-out tokens (step {evaluation['step']:,}) | "
                       f"{evaluation['val_loss']:.4f} |")
+        eval_results.append(EvalResult(
+            task_type="text-generation", task_name="Language modelling", metric_type="loss",
+            metric_name="validation loss", metric_value=round(evaluation["val_loss"], 4),
+            dataset_type=source["dataset"] if on_hub else "local", dataset_name=f"held-out split of {corpus}",
+            dataset_split="validation"))
     if log.get("hellaswag"):
         swag = log["hellaswag"][-1]
+        swag_data = config.logging.hellaswag_file or "Rowan/hellaswag validation"
         scores.append(f"| HellaSwag-schema `acc_norm`, {swag['examples']:,} examples, "
-                      f"{config.logging.hellaswag_file or 'Rowan/hellaswag validation'} (step {swag['step']:,}) | "
-                      f"{swag['acc_norm']:.4f} |")
+                      f"{swag_data} (step {swag['step']:,}) | {swag['acc_norm']:.4f} |")
+        eval_results.append(EvalResult(
+            task_type="multiple-choice", task_name="HellaSwag (the reproduction's scoring)", metric_type="acc_norm",
+            metric_value=round(swag["acc_norm"], 4), dataset_name=swag_data, dataset_split="validation",
+            dataset_type="local" if config.logging.hellaswag_file else "Rowan/hellaswag"))
+    # eval_results become the card's model-index: the hub shows them as the model's scores.
+    metadata = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
+                             tags=["gpt2", "gpt2-scratch", "pretraining"],
+                             datasets=[source["dataset"]] if on_hub else None,
+                             model_name=title, eval_results=eval_results or None)
     start = f"from `{config.model.init_from}`" if config.model.init_from else "from scratch"
     o, tokens_per_step = config.optimization, config.data.total_batch_tokens
     stock_note = " Saved as stock `GPT2LMHeadModel`." if stock_gpt2 else ""
@@ -651,7 +662,7 @@ on {corpus}, tokenized with `{data.metadata["tokenizer"]["name_or_path"]}`.
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("{name}"{load_args})
-tokenizer = AutoTokenizer.from_pretrained("{name}")
+tokenizer = AutoTokenizer.from_pretrained("{name}"{load_args})
 ```
 
 ```bash

@@ -308,6 +308,9 @@ def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, f
     assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-generation")
     [(_, val_loss)] = losses_in(out / "log.jsonl", "eval", "val_loss")
     assert f"| {val_loss:.4f} |" in card.text
+    # model-index metadata: the hub shows these as the model's evaluation results
+    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [
+        ("loss", round(val_loss, 4), "validation")]
     assert 'from_pretrained("me/tiny-gpt2")' in card.text and "6 optimizer steps of 256 tokens" in card.text
     assert f"{stock.num_parameters():,} parameters" in card.text
     assert "![Training curves](training_curves.png)" in card.text and (pushed / "training_curves.png").stat().st_size
