@@ -49,3 +49,21 @@ def test_every_command_prints_its_help(module, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(module).main(["--help"])
     assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_readme_leads_with_the_two_make_commands_that_ci_runs():
+    """README's first command block is `make quickstart` and `make test`; CI runs `make test` on a fresh .venv;
+    the Makefile's quickstart is the README's explicit main job."""
+    import re
+    import subprocess
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    assert [line.split("#")[0].strip() for line in first_block.strip().splitlines()] == ["make quickstart",
+                                                                                          "make test"]
+    assert (REPO_ROOT / ".ci" / "run").read_text().strip().splitlines()[-2:] == ["rm -rf .venv", "make test"]
+    dry_run = subprocess.run(["make", "-n", "-B", "quickstart", "test"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    assert "--train_tokenizer_vocab 2048 --block_size 128 --output_dir outputs/quickstart/data" in dry_run
+    assert "run_pretrain.py configs/quickstart.yaml" in dry_run and "-c constraints.txt" in dry_run
+    assert ".venv/bin/python -m pytest -q" in dry_run and ".venv/bin/python -m pytest -q" in readme
