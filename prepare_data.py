@@ -42,12 +42,20 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
 
+from training.packed_data import (
+    FINEWEB_EDU,
+    LOCAL_BUILDERS,
+    METADATA_FILE,
+    read_metadata,
+    row_dtype,
+    row_features,
+    rows_table,
+    tokenizer_dir,
+    write_metadata,
+)
+
 PIPELINE_VERSION = 1
-METADATA_FILE = "prepare_metadata.json"
-TOKENIZER_SUBDIR = "tokenizer"
 EOT = "<|endoftext|>"
-LOCAL_BUILDERS = ("text", "json", "parquet", "csv")
-FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"  # the reproduction's corpus, and the default source
 # GPT-2's pre-tokenization regex as tiktoken writes it for r50k_base (equivalent to the original, faster).
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 # The reproduction's FineWeb-Edu validation shard held 100M tokens; small corpora hold out 5% instead.
@@ -255,9 +263,7 @@ class BlockPacker:
         (group,) = batch["group"]
         ids = self.doc_ids[group * self.group_documents : (group + 1) * self.group_documents]
         stream = pc.list_flatten(self.documents.data.column("input_ids").take(pa.array(ids))).to_numpy()
-        packed = pack_stream(stream, self.block_size)
-        flat = pa.array(packed.reshape(-1))
-        return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(flat, self.block_size + 1)})
+        return rows_table(pack_stream(stream, self.block_size))
 
     @staticmethod
     def pack(documents, doc_ids, block_size: int, num_proc: int, name: str, fingerprint: str) -> datasets.Dataset:
@@ -269,38 +275,6 @@ class BlockPacker:
             num_proc=workers if workers > 1 else None, remove_columns=["group"], desc=f"Packing {name}",
             new_fingerprint=fingerprint,
         )
-
-
-class PackedRows:
-    """A saved split's rows of block_size + 1 tokens, read in place from the memory-mapped Arrow files.
-
-    A split of 10B tokens spans many Arrow chunks; each stays a zero-copy numpy view, and `take`
-    gathers rows across them, so no process ever holds more than the rows it asks for.
-    """
-
-    def __init__(self, split: datasets.Dataset):
-        column = split.data.column("input_ids")
-        self.width = column.type.list_size
-        self.chunks = [chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.width)
-                       for chunk in column.chunks if len(chunk)]
-        self.starts = np.cumsum([0] + [len(chunk) for chunk in self.chunks])
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    @property
-    def dtype(self):
-        return self.chunks[0].dtype
-
-    def take(self, indices) -> np.ndarray:
-        """Rows at `indices`, in that order, as one (len(indices), width) array."""
-        indices = np.asarray(indices, dtype=np.int64)
-        chunk_of = np.searchsorted(self.starts, indices, side="right") - 1
-        out = np.empty((len(indices), self.width), dtype=self.dtype)
-        for chunk in np.unique(chunk_of):
-            here = chunk_of == chunk
-            out[here] = self.chunks[chunk][indices[here] - self.starts[chunk]]
-        return out
 
 
 _worker_tokenizer: "DocumentTokenizer | None" = None
@@ -369,8 +343,7 @@ def streamed_dataset(split: StreamedSplit, features, path: Path, too_short: Prep
           datasets_tqdm(desc=f"Streaming {path.stem}", unit=" tokens", unit_scale=True, total=split.token_budget)
           as progress):
         for packed in split.packed_batches():
-            rows = pa.FixedSizeListArray.from_arrays(pa.array(packed.ravel()), packed.shape[1])
-            writer.write_table(pa.table({"input_ids": rows}))
+            writer.write_table(rows_table(packed))
             progress.update(split.counts["tokens"] - progress.n)
         writer.finalize()
     if not split.counts["rows"]:
@@ -383,7 +356,7 @@ def build_streamed_splits(args: PrepareArguments, stream, tokenizer, staging: Pa
     tokenize = document_tokenizer(args, tokenizer, staging)
     dtype = tokenize.dtype
     val_tokens = args.val_tokens if args.val_tokens is not None else MAX_DEFAULT_VAL_TOKENS
-    features = datasets.Features({"input_ids": datasets.List(datasets.Value(dtype), length=args.block_size + 1)})
+    features = row_features(dtype, args.block_size)
     too_short = PrepareError(f"the stream ended before {val_tokens:,} validation tokens and one training row; "
                              "pass a smaller --val_tokens")
     scratch = staging / "stream_cache"  # each split's rows as they are packed, before save_to_disk
@@ -404,7 +377,7 @@ def build_streamed_splits(args: PrepareArguments, stream, tokenizer, staging: Pa
                "dropped_tokens": part.counts["tokens"] - part.counts["rows"] * args.block_size}
         for name, part in parts.items()
     }
-    return write_metadata(args, staging, tokenizer, tokenize, val_tokens, split_stats,
+    return save_metadata(args, staging, tokenizer, tokenize, val_tokens, split_stats,
                           sum(part.counts["replacement_chars"] for part in parts.values()))
 
 
@@ -541,7 +514,7 @@ def prepare(args: PrepareArguments) -> dict:
         raise PrepareError(f"--block_size must be positive, got {args.block_size}")
     if check_output_dir(args):
         print(f"{args.output_dir} already holds this preparation; nothing to do (--overwrite redoes it)")
-        return json.loads((Path(args.output_dir) / METADATA_FILE).read_text())
+        return read_metadata(args.output_dir)
 
     if args.streaming and args.train_tokenizer_vocab:
         raise PrepareError("--train_tokenizer_vocab needs the whole corpus first; it does not combine with --streaming")
@@ -602,21 +575,21 @@ def build_splits(args: PrepareArguments, corpus: datasets.Dataset, tokenizer, st
     }
 
     packed.save_to_disk(str(staging), num_proc=None)
-    return write_metadata(args, staging, tokenizer, tokenize, val_tokens, split_stats, replacement_chars)
+    return save_metadata(args, staging, tokenizer, tokenize, val_tokens, split_stats, replacement_chars)
 
 
 def document_tokenizer(args: PrepareArguments, tokenizer, staging: Path) -> DocumentTokenizer:
     """Save the tokenizer into the output and build the map function that encodes documents with it."""
-    tokenizer.save_pretrained(staging / TOKENIZER_SUBDIR)
-    dtype = "uint16" if len(tokenizer) <= 2**16 else "uint32"
+    tokenizer.save_pretrained(tokenizer_dir(staging))
+    dtype = row_dtype(len(tokenizer))
     is_ranks_file = args.tokenizer.endswith(".tiktoken") and not args.train_tokenizer_vocab
     ranks = load_tiktoken_bpe(args.tokenizer) if is_ranks_file else gpt2_mergeable_ranks(tokenizer)
-    return DocumentTokenizer(str(staging / TOKENIZER_SUBDIR), args.text_column, end_of_text_id(tokenizer), dtype,
+    return DocumentTokenizer(str(tokenizer_dir(staging)), args.text_column, end_of_text_id(tokenizer), dtype,
                              ranks)
 
 
-def write_metadata(args, staging: Path, tokenizer, tokenize: DocumentTokenizer, val_tokens: int,
-                   split_stats: dict, replacement_chars: int) -> dict:
+def save_metadata(args, staging: Path, tokenizer, tokenize: DocumentTokenizer, val_tokens: int,
+                  split_stats: dict, replacement_chars: int) -> dict:
     metadata = {
         "pipeline_version": PIPELINE_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -630,7 +603,7 @@ def write_metadata(args, staging: Path, tokenizer, tokenize: DocumentTokenizer, 
         "splits": split_stats,
         "replacement_chars": replacement_chars,
     }
-    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_metadata(staging, metadata)
     return metadata
 
 

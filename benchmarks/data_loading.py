@@ -1,4 +1,4 @@
-"""Can the loop's data loading keep a GPU fed? Tokens/s that `run_pretrain.train_batches` delivers.
+"""Can the loop's data loading keep a GPU fed? Tokens/s that `training.data.train_batches` delivers.
 
     python benchmarks/data_loading.py --data_dir outputs/sm1024/data          # any prepare_data.py output
 
@@ -19,14 +19,16 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from accelerate import Accelerator  # noqa: E402
 
-from run_pretrain import build_data, load_data_metadata, parse_config, train_batches  # noqa: E402
+from training.arguments import parse_config  # noqa: E402
+from training.data import build_data, train_batches  # noqa: E402
+from training.packed_data import read_metadata  # noqa: E402
 
 GPU_TOKENS_PER_SECOND = 500_000  # the per-GPU goal of benchmarks/throughput.py
 
 
 def loader_rate(data_dir: str, micro_batch: int, workers: int, batches: int, repeats: int) -> float:
     """Median tokens/s over `repeats` windows of `batches` micro-batches, after the workers have started."""
-    block_size = load_data_metadata(data_dir)["block_size"]
+    block_size = read_metadata(data_dir)["block_size"]
     config = parse_config(["--data_dir", data_dir, "--micro_batch_size", str(micro_batch), "--dataloader_workers",
                            str(workers), "--total_batch_tokens", str(micro_batch * block_size), "--report_to", "none"])
     data = build_data(config, world_size=1)

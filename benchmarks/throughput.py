@@ -43,17 +43,11 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from configuration import GPT2ScratchConfig  # noqa: E402
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM  # noqa: E402
-from run_pretrain import (  # noqa: E402
-    ModelArguments,
-    OptimizationArguments,
-    build_accelerator,
-    build_optimizer,
-    device_peak_flops,
-    finish_step,
-    flops_per_token,
-    parse_config,
-    train_step,
-)
+from training.accelerator import build_accelerator  # noqa: E402
+from training.arguments import ModelArguments, OptimizationArguments, parse_config  # noqa: E402
+from training.measurement import device_peak_flops, flops_per_token  # noqa: E402
+from training.optimizer import build_optimizer  # noqa: E402
+from training.step import finish_step, train_step  # noqa: E402
 
 SIZES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=4, n_embd=128)}
 

@@ -19,7 +19,7 @@ from eval import evaluating
 
 
 def row_batches(rows, indices: np.ndarray, batch_size: int):
-    """(inputs, targets) CPU batches of the rows at `indices` of a `prepare_data.PackedRows`."""
+    """(inputs, targets) CPU batches of the rows at `indices` of a `training.packed_data.PackedRows`."""
     for start in range(0, len(indices), batch_size):
         batch = torch.from_numpy(rows.take(indices[start : start + batch_size]).astype(np.int64))
         yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # stock models .view() their labels
@@ -53,12 +53,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
 
-    import datasets
     from transformers import AutoModelForCausalLM
 
-    from prepare_data import PackedRows
+    from training.packed_data import PackedRows, load_splits
 
-    rows = PackedRows(datasets.load_from_disk(args.data_dir)["validation"])
+    rows = PackedRows(load_splits(args.data_dir)["validation"])
     count = min(len(rows), max(1, args.tokens // (rows.width - 1)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

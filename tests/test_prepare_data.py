@@ -12,13 +12,13 @@ from tiktoken_ext.openai_public import r50k_pat_str
 import prepare_data
 from prepare_data import (
     DocumentTokenizer,
-    PackedRows,
     PrepareArguments,
     gpt2_mergeable_ranks,
     load_tokenizer,
     main,
     prepare,
 )
+from training.packed_data import PackedRows
 
 EOT = 50256
 BLOCK = 32

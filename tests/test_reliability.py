@@ -6,6 +6,7 @@ Each test here is a row of RELIABILITY.md. The SIGKILL resume tests live in test
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +16,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import Accelerator
 from conftest import REPO_ROOT, tiny_config, tiny_run_args
 from safetensors.torch import load_file
 
 import run_pretrain
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+from training.arguments import parse_config
+from training.checkpoints import checkpoint_problem, resolve_resume
 
 
 def records(out, kind):
@@ -74,8 +78,8 @@ def test_unfinished_and_damaged_checkpoints_are_never_resumed(tiny_data, tmp_pat
     newest.write_bytes(bytes(data))
     optimizer = out / "checkpoints" / "step_0000004" / "optimizer.bin"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
-    config = run_pretrain.parse_config(tiny_run_args(tiny_data, out, resume_from_checkpoint="latest"))
-    assert run_pretrain.resolve_resume(config, out) == out / "checkpoints" / "step_0000002"
+    config = parse_config(tiny_run_args(tiny_data, out, resume_from_checkpoint="latest"))
+    assert resolve_resume(config, out) == out / "checkpoints" / "step_0000002"
     warnings = capsys.readouterr().err
     assert f"{newest} is corrupted (checksum mismatch)" in warnings
     assert f"{optimizer} is truncated or altered" in warnings
@@ -90,12 +94,12 @@ def test_keep_last_keeps_the_newest_good_checkpoint(tiny_data, tmp_path):
     out = tmp_path / "run"
     assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=2, keep_last=1)) == 0
     assert checkpoints(out) == ["step_0000006"]
-    assert run_pretrain.checkpoint_problem(out / "checkpoints" / "step_0000006") is None
+    assert checkpoint_problem(out / "checkpoints" / "step_0000006") is None
 
 
 def test_disk_error_during_save_keeps_previous_checkpoints(tiny_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    real_save = run_pretrain.Accelerator.save_state
+    real_save = Accelerator.save_state
     calls = []
 
     def save_state_until_disk_fills(self, output_dir=None, **kwargs):
@@ -105,12 +109,12 @@ def test_disk_error_during_save_keeps_previous_checkpoints(tiny_data, tmp_path, 
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(self, output_dir, **kwargs)
 
-    monkeypatch.setattr(run_pretrain.Accelerator, "save_state", save_state_until_disk_fills)
+    monkeypatch.setattr(Accelerator, "save_state", save_state_until_disk_fills)
     status = run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=2))
     assert status == run_pretrain.CHECKPOINT_EXIT_CODE
     assert "could not write checkpoint" in capsys.readouterr().err
     assert checkpoints(out) == ["step_0000002"]  # no step_0000004.tmp left behind
-    assert run_pretrain.checkpoint_problem(out / "checkpoints" / "step_0000002") is None
+    assert checkpoint_problem(out / "checkpoints" / "step_0000002") is None
 
 
 def poison_gradients_at(monkeypatch, bad_steps):
@@ -159,7 +163,7 @@ def test_data_from_another_tokenizer_is_refused(tiny_data, tmp_path, capsys):
 
 
 def test_too_little_disk_for_one_checkpoint_is_refused(tiny_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(run_pretrain.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
     assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "run")) == 2
     assert "one checkpoint needs about" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

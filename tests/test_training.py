@@ -16,8 +16,14 @@ from conftest import REPO_ROOT, tiny_config, tiny_run_args
 from safetensors.torch import load_file
 
 import run_pretrain
+from configuration import GPT2ScratchConfig
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
-from run_pretrain import TrainBatchOrder, build_optimizer, parse_config, train_step
+from training import final_model, measurement
+from training.accelerator import compile_plugin, ddp_settings
+from training.arguments import parse_config
+from training.data import TrainBatchOrder, build_data
+from training.optimizer import build_optimizer
+from training.step import finish_step, train_step
 
 
 @pytest.fixture(scope="module")
@@ -118,32 +124,34 @@ def test_finish_step_skips_a_nonfinite_update_and_passes_preemption_on(accelerat
     before = [p.detach().clone() for p in model.parameters()]
     result = train_step(model, optimizer, iter([batch]), 1, config, accelerator)
     result.loss = torch.tensor(float("nan"))
-    assert run_pretrain.finish_step(optimizer, result, False, accelerator) == (True, False)
+    assert finish_step(optimizer, result, False, accelerator) == (True, False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
     result = train_step(model, optimizer, iter([batch]), 1, config, accelerator)
-    assert run_pretrain.finish_step(optimizer, result, True, accelerator) == (False, True)
+    assert finish_step(optimizer, result, True, accelerator) == (False, True)
     assert not torch.equal(before[0], model.transformer.wte.weight)
 
 
 def test_accelerator_carries_the_ddp_and_compile_settings():
     config = config_for(ddp_bucket_cap_mb=100, compile=True, compile_mode="reduce-overhead", report_to="none")
-    assert (run_pretrain.compile_plugin(config).backend.value, run_pretrain.compile_plugin(config).mode) == (
+    assert (compile_plugin(config).backend.value, compile_plugin(config).mode) == (
         "INDUCTOR", "reduce-overhead")
-    assert run_pretrain.compile_plugin(config_for(compile=False)) is None
-    ddp = run_pretrain.ddp_settings(config)
+    assert compile_plugin(config_for(compile=False)) is None
+    ddp = ddp_settings(config)
     assert (ddp.bucket_cap_mb, ddp.gradient_as_bucket_view, ddp.comm_hook.value) == (100, True, "no")
-    assert run_pretrain.ddp_settings(config_for(ddp_comm_hook="bf16")).comm_hook.value == "bf16"
+    assert ddp_settings(config_for(ddp_comm_hook="bf16")).comm_hook.value == "bf16"
 
 
 DDP_HOOK_WORKER = """
-import sys, torch, torch.distributed as dist, run_pretrain
+import sys, torch, torch.distributed as dist
+from training.accelerator import ddp_settings
+from training.arguments import parse_config
 hook, rank, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 dist.init_process_group("gloo")
 torch.manual_seed(0)
 layer = torch.nn.Linear(16, 8)
 ddp = torch.nn.parallel.DistributedDataParallel(layer)
-run_pretrain.ddp_settings(run_pretrain.parse_config([f"--ddp_comm_hook={hook}"])).register_comm_hook(ddp)
+ddp_settings(parse_config([f"--ddp_comm_hook={hook}"])).register_comm_hook(ddp)
 ddp(torch.randn(4, 16, generator=torch.Generator().manual_seed(rank))).pow(2).sum().backward()
 torch.save(layer.weight.grad, out)
 """
@@ -183,17 +191,17 @@ def test_fp16_communication_hook_all_reduces_gradients_in_fp16(tmp_path):
 
 
 def test_flops_per_token_of_gpt2_124m_by_hand():
-    gpt2 = run_pretrain.GPT2ScratchConfig(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+    gpt2 = GPT2ScratchConfig(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
     # 12 layers x (3*768^2 attention in + 768^2 out + 2 x 4*768^2 MLP) + 50,257 x 768 head, 6 FLOPs each,
     # plus 12 layers x 12 x 768 x 1024 for the attention scores and mixing.
-    assert run_pretrain.flops_per_token(gpt2, 1024) == 6 * (12 * 12 * 768**2 + 50257 * 768) + 12 * 12 * 768 * 1024
-    assert run_pretrain.flops_per_token(gpt2, 1024) == 854_438_400
+    assert measurement.flops_per_token(gpt2, 1024) == 6 * (12 * 12 * 768**2 + 50257 * 768) + 12 * 12 * 768 * 1024
+    assert measurement.flops_per_token(gpt2, 1024) == 854_438_400
 
 
 def test_throughput_meter_leaves_out_paused_time(accelerator, monkeypatch):
     clock = iter([100.0, 101.0, 104.0, 105.0, 200.0])  # start; pause 101-104; report at 105; restart
-    monkeypatch.setattr(run_pretrain.time, "perf_counter", lambda: next(clock))
-    meter = run_pretrain.ThroughputMeter(tiny_config(), 16, tokens_per_step=512, accelerator=accelerator)
+    monkeypatch.setattr(measurement.time, "perf_counter", lambda: next(clock))
+    meter = measurement.ThroughputMeter(tiny_config(), 16, tokens_per_step=512, accelerator=accelerator)
     meter.steps = 4
     with meter.paused():
         pass
@@ -283,8 +291,8 @@ class FakeHub:
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
     FakeHub.calls, FakeHub.root, FakeHub.fail_on = [], tmp_path / "hub", None
-    monkeypatch.setattr(run_pretrain, "HfApi", FakeHub)
-    monkeypatch.setattr(run_pretrain, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(final_model, "HfApi", FakeHub)
+    monkeypatch.setattr(final_model, "get_token", lambda: "hf_test")
     return FakeHub
 
 
@@ -320,10 +328,10 @@ def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, f
 
 def test_model_card_names_a_hub_dataset_in_its_metadata(tiny_data, tmp_path):
     config = parse_config(tiny_run_args(tiny_data, tmp_path / "run", hub_model_id="me/gpt2-fineweb"))
-    data = run_pretrain.build_data(config, world_size=1)
+    data = build_data(config, world_size=1)
     data.metadata["source"] = {"dataset": "HuggingFaceFW/fineweb-edu", "dataset_config": "sample-10BT"}
     model = run_pretrain.build_model(config, data)
-    card = run_pretrain.model_card(model, data, config, tmp_path / "run", stock_gpt2=False)
+    card = final_model.model_card(model, data, config, tmp_path / "run", stock_gpt2=False)
     assert card.data.datasets == ["HuggingFaceFW/fineweb-edu"]
     assert "on `HuggingFaceFW/fineweb-edu` (sample-10BT)" in card.text and card.text.count("# gpt2-fineweb") == 1
     assert "(no evaluation logged)" in card.text  # no log yet: the table says so instead of inventing scores
@@ -338,11 +346,11 @@ def test_hub_failures_fail_early_or_keep_the_trained_model(tiny_data, tmp_path, 
 
     fake_hub.fail_on = "upload_folder"
     out = tmp_path / "run"
-    assert run_pretrain.main(tiny_run_args(tiny_data, out, **args)) == run_pretrain.HUB_EXIT_CODE
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, **args)) == final_model.HUB_EXIT_CODE
     assert f"retry with: hf upload me/tiny-gpt2 {out / 'final'} ." in capsys.readouterr().err
     assert GPT2ScratchForCausalLM.from_pretrained(out / "final").config.n_layer == 2
 
-    monkeypatch.setattr(run_pretrain, "get_token", lambda: None)
+    monkeypatch.setattr(final_model, "get_token", lambda: None)
     assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "no_token", **args)) == 2
     assert "needs a Hugging Face token" in capsys.readouterr().err
 

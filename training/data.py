@@ -1,0 +1,136 @@
+"""Training data for the loop: which rows each optimizer step trains on, for any number of processes."""
+
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from eval import hellaswag
+from training.arguments import ConfigError, RunConfig
+from training.packed_data import NotPreparedError, PackedRows, load_splits, load_tokenizer, read_metadata
+
+
+class RowBatches(torch.utils.data.Dataset):
+    """A prepared split for the DataLoader, indexed by a whole batch of row numbers at once.
+
+    Holds the `datasets.Dataset` (pickled by file reference into loader workers); each process maps
+    the rows itself, lazily.
+    """
+
+    def __init__(self, split: datasets.Dataset):
+        self.split = split
+        self._rows = None
+
+    @property
+    def rows(self) -> PackedRows:
+        if self._rows is None:
+            self._rows = PackedRows(self.split)
+        return self._rows
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.from_numpy(self.rows.take(np.sort(indices)).astype(np.int64))  # (B, block_size + 1)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs, aligned targets
+
+
+class TrainBatchOrder(torch.utils.data.Sampler):
+    """Row numbers of this process's micro-batches, from a given optimizer step on.
+
+    Every epoch is a fresh permutation drawn from (seed, epoch). Optimizer step s takes the next
+    `rows_per_step` rows of it, whatever the number of processes; process r of W takes micro-batches
+    r, r + W, ... among them. So the data a step sees does not depend on W, and resuming at step s
+    is a matter of starting here at s.
+    """
+
+    def __init__(self, num_rows, micro_batch, accumulation, world_size, rank, seed, start_step=0):
+        self.micro_batch, self.accumulation = micro_batch, accumulation
+        self.world_size, self.rank, self.seed, self.start_step = world_size, rank, seed, start_step
+        self.rows_per_step = micro_batch * accumulation * world_size
+        self.steps_per_epoch = num_rows // self.rows_per_step
+        self.num_rows = num_rows
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def __iter__(self):
+        step, permutation, epoch = self.start_step, None, None
+        while True:
+            if self.epoch_of(step) != epoch:
+                epoch = self.epoch_of(step)
+                permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+            step_rows = permutation[(step % self.steps_per_epoch) * self.rows_per_step :][: self.rows_per_step]
+            for micro in range(self.accumulation):
+                chunk = micro * self.world_size + self.rank
+                yield step_rows[chunk * self.micro_batch : (chunk + 1) * self.micro_batch]
+            step += 1
+
+
+@dataclass
+class TrainingData:
+    train: RowBatches
+    validation: RowBatches
+    metadata: dict
+    tokenizer: object
+    block_size: int
+    accumulation: int
+    rows_per_step: int  # micro-batch x accumulation x processes
+    hellaswag: list | None  # examples, when the loop evaluates HellaSwag
+
+
+def gradient_accumulation_steps(config: RunConfig, block_size: int, world_size: int) -> int:
+    tokens_per_micro_step = config.data.micro_batch_size * block_size * world_size
+    if config.data.total_batch_tokens % tokens_per_micro_step:
+        raise ConfigError(
+            f"total_batch_tokens {config.data.total_batch_tokens:,} is not a multiple of micro_batch_size x "
+            f"block_size x processes = {config.data.micro_batch_size} x {block_size} x {world_size} = "
+            f"{tokens_per_micro_step:,}"
+        )
+    return config.data.total_batch_tokens // tokens_per_micro_step
+
+
+def build_data(config: RunConfig, world_size: int) -> TrainingData:
+    try:
+        metadata = read_metadata(config.data.data_dir)
+    except NotPreparedError as error:
+        raise ConfigError(str(error)) from None
+    block_size = metadata["block_size"]
+    if block_size > config.model.n_positions:
+        raise ConfigError(f"data block_size {block_size} exceeds the model's n_positions {config.model.n_positions}")
+    splits = load_splits(config.data.data_dir)
+    tokenizer = load_tokenizer(config.data.data_dir)
+    accumulation = gradient_accumulation_steps(config, block_size, world_size)
+    train, validation = RowBatches(splits["train"]), RowBatches(splits["validation"])
+    rows_per_step = config.data.micro_batch_size * accumulation * world_size
+    if len(train) < rows_per_step:
+        raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {rows_per_step}")
+    examples = None
+    if config.logging.hellaswag_every:
+        try:
+            examples = hellaswag.load_examples(config.logging.hellaswag_file)
+        except (hellaswag.HellaSwagDataError, OSError) as error:
+            raise ConfigError(str(error)) from None
+    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, rows_per_step, examples)
+
+
+def train_batches(data: TrainingData, config: RunConfig, accelerator: Accelerator, start_step: int):
+    """An endless iterator of (inputs, targets) micro-batches on this process's device."""
+    order = TrainBatchOrder(len(data.train), config.data.micro_batch_size, data.accumulation,
+                            accelerator.num_processes, accelerator.process_index, config.optimization.seed,
+                            start_step)
+    loader = torch.utils.data.DataLoader(
+        data.train, sampler=order, batch_size=None, num_workers=config.data.dataloader_workers,
+        pin_memory=accelerator.device.type == "cuda", persistent_workers=config.data.dataloader_workers > 0,
+        prefetch_factor=4 if config.data.dataloader_workers > 0 else None,
+    )
+    for inputs, targets in loader:
+        yield inputs.to(accelerator.device, non_blocking=True), targets.to(accelerator.device, non_blocking=True)
+
+
+def data_fingerprint(data: TrainingData) -> dict:
+    """What identifies the prepared data a checkpoint was trained on."""
+    meta = data.metadata
+    return {"arguments": meta["arguments"], "created": meta["created"], "block_size": meta["block_size"]}

@@ -1,0 +1,49 @@
+"""Evaluation inside the loop: validation loss, samples through `generate`, HellaSwag."""
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from eval import hellaswag
+from eval.val_loss import row_batches, validation_loss
+from training.arguments import RunConfig
+from training.data import TrainingData
+
+
+def validation_rows(data: TrainingData, config: RunConfig) -> int:
+    """How many validation rows make up `eval_tokens` (all of them, if the split is smaller)."""
+    return min(len(data.validation), max(1, config.logging.eval_tokens // data.block_size))
+
+
+def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> float:
+    """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes."""
+    mine = np.arange(accelerator.process_index, validation_rows(data, config), accelerator.num_processes)
+    batches = row_batches(data.validation.rows, mine, config.data.micro_batch_size)
+    return validation_loss(model, batches, accelerator)
+
+
+def eager_module(model, accelerator: Accelerator) -> torch.nn.Module:
+    """The model without DDP and without torch.compile: variable shapes (generation, HellaSwag batches) would
+    recompile, and a compiled module's state dict names every tensor `_orig_mod.<name>`."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, config: RunConfig, accelerator: Accelerator, step: int) -> list[str]:
+    """Top-k 50 continuations of the prompt through the model's own `generate`, seeded by the step."""
+    unwrapped = eager_module(model, accelerator)
+    unwrapped.eval()
+    prompt = tokenizer(config.logging.sample_prompt, return_tensors="pt").input_ids.to(accelerator.device)
+    prompt = prompt.repeat(config.logging.num_samples, 1)
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        torch.manual_seed(config.optimization.seed + step)
+        with accelerator.autocast():
+            out = unwrapped.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=50,
+                                     max_new_tokens=config.logging.sample_tokens, pad_token_id=tokenizer.eos_token_id)
+    unwrapped.train()
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def evaluate_hellaswag(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> dict:
+    return hellaswag.evaluate_model(eager_module(model, accelerator), data.tokenizer, data.hellaswag,
+                                    accelerator=accelerator, batch_size=config.data.micro_batch_size)

@@ -1,0 +1,150 @@
+"""The end of a run: the model saved for transformers, its stock GPT-2 export, the model card, the hub upload."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from accelerate import Accelerator
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+
+from eval.plot import plot_run, read_log
+from training.arguments import ConfigError, RunConfig
+from training.data import TrainingData
+from training.evaluation import eager_module, validation_rows
+from training.measurement import LOG_FILE
+from training.packed_data import FINEWEB_EDU, is_local_source
+
+HUB_EXIT_CODE = 5  # trained and saved, but the upload failed
+
+
+CURVES_FILE = "training_curves.png"  # eval.plot's picture of the run, beside the log and in the final folders
+
+
+def final_model_dir(output_dir: Path, stock_gpt2: bool = False) -> Path:
+    return output_dir / ("final_gpt2" if stock_gpt2 else "final")
+
+
+def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: Accelerator, output_dir: Path):
+    """`final/` (this model) and `final_gpt2/` (stock GPT-2), each with the tokenizer and a model card."""
+    accelerator.wait_for_everyone()
+    unwrapped = eager_module(model, accelerator)
+    final_dir = final_model_dir(output_dir)
+    unwrapped.save_pretrained(final_dir, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save, state_dict=accelerator.get_state_dict(unwrapped))
+    if accelerator.is_main_process:
+        curves = plot_run(output_dir / LOG_FILE, output_dir / CURVES_FILE, {},
+                          references=data.metadata["source"]["dataset"] == FINEWEB_EDU)
+        data.tokenizer.save_pretrained(final_dir)
+        model_card(unwrapped, data, config, output_dir, stock_gpt2=False).save(final_dir / "README.md")
+        shutil.copyfile(curves, final_dir / CURVES_FILE)
+        if config.checkpointing.export_gpt2:
+            gpt2_dir, stock = final_model_dir(output_dir, stock_gpt2=True), unwrapped.to_gpt2()
+            stock.save_pretrained(gpt2_dir)
+            data.tokenizer.save_pretrained(gpt2_dir)
+            model_card(stock, data, config, output_dir, stock_gpt2=True).save(gpt2_dir / "README.md")
+            shutil.copyfile(curves, gpt2_dir / CURVES_FILE)
+    return final_dir
+
+
+def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, stock_gpt2: bool) -> ModelCard:
+    """The README.md beside the final weights, pushed with them: what was trained, on what, how it scored."""
+    c, source = model.config, data.metadata["source"]
+    on_hub = not is_local_source(source)
+    name = config.hub.hub_model_id or str(final_model_dir(output_dir, stock_gpt2))
+    subset = f" ({source['dataset_config']})" if source.get("dataset_config") else ""
+    corpus = f"`{source['dataset']}`{subset}" if on_hub else f"local files ({', '.join(source['data_files'])})"
+    title = config.hub.hub_model_id.rsplit("/", 1)[-1] if config.hub.hub_model_id else output_dir.resolve().name
+    log_path = output_dir / LOG_FILE
+    log = read_log(log_path) if log_path.exists() else {}
+    scores, eval_results = [], []
+    if log.get("eval"):
+        evaluation = log["eval"][-1]
+        tokens = validation_rows(data, config) * data.block_size
+        scores.append(f"| validation loss, {tokens:,} held-out tokens (step {evaluation['step']:,}) | "
+                      f"{evaluation['val_loss']:.4f} |")
+        eval_results.append(EvalResult(
+            task_type="text-generation", task_name="Language modelling", metric_type="loss",
+            metric_name="validation loss", metric_value=round(evaluation["val_loss"], 4),
+            dataset_type=source["dataset"] if on_hub else "local", dataset_name=f"held-out split of {corpus}",
+            dataset_split="validation"))
+    if log.get("hellaswag"):
+        swag = log["hellaswag"][-1]
+        swag_data = config.logging.hellaswag_file or "Rowan/hellaswag validation"
+        scores.append(f"| HellaSwag-schema `acc_norm`, {swag['examples']:,} examples, "
+                      f"{swag_data} (step {swag['step']:,}) | {swag['acc_norm']:.4f} |")
+        eval_results.append(EvalResult(
+            task_type="multiple-choice", task_name="HellaSwag (the reproduction's scoring)", metric_type="acc_norm",
+            metric_value=round(swag["acc_norm"], 4), dataset_name=swag_data, dataset_split="validation",
+            dataset_type="local" if config.logging.hellaswag_file else "Rowan/hellaswag"))
+    # eval_results become the card's model-index: the hub shows them as the model's scores.
+    metadata = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
+                             tags=["gpt2", "gpt2-scratch", "pretraining"],
+                             datasets=[source["dataset"]] if on_hub else None,
+                             model_name=title, eval_results=eval_results or None)
+    start = f"from `{config.model.init_from}`" if config.model.init_from else "from scratch"
+    o, tokens_per_step = config.optimization, config.data.total_batch_tokens
+    stock_note = " Saved as stock `GPT2LMHeadModel`." if stock_gpt2 else ""
+    load_args = "" if stock_gpt2 else ", trust_remote_code=True"
+    lm_eval_args = f"pretrained={name}" + ("" if stock_gpt2 else ",trust_remote_code=True")
+    text = f"""---
+{metadata.to_yaml()}
+---
+
+# {title}
+
+A GPT-2 language model trained {start} with gpt2-scratch's `run_pretrain.py`: {c.n_layer} layers,
+{c.n_head} heads, width {c.n_embd}, context {c.n_positions}, {model.num_parameters():,} parameters.{stock_note}
+Trained for {o.max_steps:,} optimizer steps of {tokens_per_step:,} tokens ({o.max_steps * tokens_per_step:,} tokens)
+on {corpus}, tokenized with `{data.metadata["tokenizer"]["name_or_path"]}`.
+
+| measure | value |
+| --- | --- |
+{chr(10).join(scores) or "| (no evaluation logged) | |"}
+
+![Training curves]({CURVES_FILE})
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{name}"{load_args})
+tokenizer = AutoTokenizer.from_pretrained("{name}"{load_args})
+```
+
+```bash
+lm_eval --model hf --model_args {lm_eval_args} --tasks hellaswag
+```
+
+## Training configuration
+
+```yaml
+{yaml.safe_dump(config.to_dict(), sort_keys=False).strip()}
+```
+"""
+    return ModelCard(text)
+
+
+def create_hub_repo(config: RunConfig):
+    """Before training, as transformers' Trainer does: a missing token or a refused name fails now, not at the end."""
+    if get_token() is None:
+        raise ConfigError("--push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    try:
+        HfApi().create_repo(config.hub.hub_model_id, private=config.hub.hub_private, exist_ok=True)
+    except Exception as error:  # HTTP refusals and network failures alike: nothing has been trained yet
+        raise ConfigError(f"cannot create hub repository {config.hub.hub_model_id}: {error}") from error
+
+
+def push_final_model(output_dir: Path, config: RunConfig) -> int:
+    """Upload the saved folder as one commit; on failure the model stays on disk and the message says how to retry."""
+    folder = final_model_dir(output_dir, stock_gpt2=config.hub.hub_format == "gpt2")
+    try:
+        url = HfApi().upload_folder(repo_id=config.hub.hub_model_id, folder_path=folder,
+                                    commit_message=f"gpt2-scratch: {config.optimization.max_steps:,} steps")
+    except Exception as error:  # whatever the hub or the network says, the trained model is safe on disk
+        print(f"run_pretrain.py: error: pushing {folder} to the hub failed: {error}\n"
+              f"The model is saved; retry with: hf upload {config.hub.hub_model_id} {folder} .", file=sys.stderr)
+        return HUB_EXIT_CODE
+    print(f"pushed {folder} to {url}")
+    return 0
