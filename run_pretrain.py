@@ -37,7 +37,7 @@ from training.data import TrainingData, build_data, data_fingerprint, train_batc
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.final_model import create_hub_repo, push_final_model, save_final_model
 from training.measurement import LOG_FILE, RunLog, ThroughputMeter
-from training.optimizer import build_optimizer
+from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
@@ -71,9 +71,8 @@ def run(config: RunConfig) -> int:
     check_disk_space(output_dir, model.num_parameters())
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer, scheduler = build_optimizer(model, config, accelerator.device)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    optimizers = build_optimizer(model, config, accelerator.device)
+    model = optimizers.prepare(model, accelerator)
     start_step = 0
     if resume_from is not None:
         start_step = load_checkpoint(accelerator, resume_from, data_fingerprint(data), config.data.data_dir)
@@ -83,7 +82,7 @@ def run(config: RunConfig) -> int:
         f"micro-batch {config.data.micro_batch_size} x {data.block_size}, accumulation {data.accumulation}, "
         f"{config.data.total_batch_tokens:,} tokens per step, {len(data.train):,} training rows"
     )
-    status = train(config, accelerator, model, optimizer, scheduler, data, start_step, output_dir, log)
+    status = train(config, accelerator, model, optimizers, data, start_step, output_dir, log)
     if status == 0:
         final_dir = save_final_model(model, data, config, accelerator, output_dir)
         accelerator.print(f"saved {final_dir}")
@@ -143,7 +142,7 @@ def build_model(config: RunConfig, data: TrainingData) -> GPT2ScratchForCausalLM
     return GPT2ScratchForCausalLM(model_config)
 
 
-def train(config: RunConfig, accelerator: Accelerator, model, optimizer, scheduler, data: TrainingData,
+def train(config: RunConfig, accelerator: Accelerator, model, optimizers: Optimizers, data: TrainingData,
           start_step: int, output_dir: Path, log: RunLog) -> int:
     """The loop; returns the process exit code (0, preempted, or non-finite)."""
     o, lg = config.optimization, config.logging
@@ -157,8 +156,8 @@ def train(config: RunConfig, accelerator: Accelerator, model, optimizer, schedul
                     disable=not accelerator.is_main_process, desc="Training", dynamic_ncols=True)
     for step in progress:
         done = step + 1
-        result = train_step(model, optimizer, batches, data.accumulation, config, accelerator)
-        nonfinite, preempted = finish_step(optimizer, result, preemption.raised, accelerator)
+        result = train_step(model, optimizers, batches, data.accumulation, config, accelerator)
+        nonfinite, preempted = finish_step(optimizers, result, preemption.raised, accelerator)
         if nonfinite:
             log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
                       grad_norm=result.grad_norm.item())
@@ -168,12 +167,12 @@ def train(config: RunConfig, accelerator: Accelerator, model, optimizer, schedul
         else:
             loss_sum += result.loss
             good_steps += 1
-        scheduler.step()
+        optimizers.schedule_step()
         meter.steps += 1
 
         if is_due(done, lg.log_every, o.max_steps):
             mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / good_steps if good_steps else None
-            metrics = dict(loss=mean_loss, lr=scheduler.get_last_lr()[0], grad_norm=result.grad_norm.item(),
+            metrics = dict(loss=mean_loss, lr=optimizers.param_groups[0]["lr"], grad_norm=result.grad_norm.item(),
                            epoch=step // steps_per_epoch, **meter.report())
             log.write("train", done, **metrics)
             progress.set_postfix(loss=f"{mean_loss:.4f}" if mean_loss else "-", lr=f"{metrics['lr']:.2e}",

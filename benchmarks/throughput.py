@@ -49,7 +49,8 @@ from training.measurement import device_peak_flops, flops_per_token  # noqa: E40
 from training.optimizer import build_optimizer  # noqa: E402
 from training.step import finish_step, train_step  # noqa: E402
 
-SIZES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=4, n_embd=128)}
+SIZES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=4, n_embd=128),
+         "4x256": dict(n_layer=4, n_head=4, n_embd=256)}  # the optimizer comparison's model
 
 
 def loop_setting(arguments: type, name: str) -> dict:
@@ -151,8 +152,8 @@ def profile_steps(run_step, steps: int, device: torch.device, top: int, trace_pa
 def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
     device = accelerator.device
     model = build(kind, SIZES[args.size], args.seq_len, args.vocab).to(device)
-    optimizer, _ = build_optimizer(model, run_config, device)
-    model, optimizer = accelerator.prepare(model, optimizer)  # compiles when the run config says so
+    optimizer = build_optimizer(model, run_config, device)
+    model = optimizer.prepare(model, accelerator)  # compiles when the run config says so
     batch = torch.randint(0, args.vocab, (args.micro_batch, args.seq_len + 1), device=device)
     inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
     batches = iter(lambda: (inputs, targets), None)
@@ -242,6 +243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         **loop_setting(OptimizationArguments, "ddp_bucket_cap_mb"))
     parser.add_argument("--ddp_comm_hook", help="Gradients all-reduced in bf16 or fp16 (DDP runs only).",
                         **loop_setting(OptimizationArguments, "ddp_comm_hook"))
+    parser.add_argument("--optimizer", **loop_setting(OptimizationArguments, "optimizer"),
+                        help="The loop's optimizer: muon adds its Newton-Schulz matmuls to the step.")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="ours,stock")
@@ -262,7 +265,8 @@ def main(argv=None):
     args = parse_args(argv)
     run_config = parse_config([f"--mixed_precision={args.mixed_precision}", f"--compile={args.compile}",
                                f"--compile_mode={args.compile_mode}", f"--ddp_bucket_cap_mb={args.ddp_bucket_cap_mb}",
-                               f"--ddp_comm_hook={args.ddp_comm_hook}", "--max_grad_norm=1.0", "--tf32=true",
+                               f"--ddp_comm_hook={args.ddp_comm_hook}", f"--optimizer={args.optimizer}",
+                               "--max_grad_norm=1.0", "--tf32=true",
                                "--report_to=none"])
     accelerator = build_accelerator(run_config)
     device = accelerator.device
@@ -285,7 +289,7 @@ def main(argv=None):
         "cuda_driver": _cuda_driver() if device.type == "cuda" else None,
         "setting": {k: getattr(args, k) for k in (
             "size", "micro_batch", "seq_len", "accumulation", "mixed_precision", "compile", "compile_mode",
-            "ddp_bucket_cap_mb", "ddp_comm_hook", "warmup", "steps", "vocab")},
+            "ddp_bucket_cap_mb", "ddp_comm_hook", "optimizer", "warmup", "steps", "vocab")},
         "datasheet_bf16_flops": args.peak, "measured_matmul_flops": args.matmul, "results": results,
     }
     speed = {r["model"]: r["tokens_per_second"] for r in results if "error" not in r}

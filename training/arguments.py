@@ -39,10 +39,30 @@ class DataArguments:
 @dataclass
 class OptimizationArguments:
     max_steps: int = field(default=19_073, metadata={"help": "Optimizer steps (19,073 x 0.5M tokens = 10B)."})
-    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
+    optimizer: str = field(default="adamw", metadata={
+        "help": "adamw: AdamW everywhere (the reproduction). muon: Muon for the blocks' matrices, AdamW for "
+                "embeddings and vectors.", "choices": ["adamw", "muon"]})
+    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate (AdamW's groups)."})
+    embedding_learning_rate: float | None = field(default=None, metadata={
+        "help": "With muon: peak learning rate of the embeddings and tied head (default: learning_rate)."})
+    muon_learning_rate: float = field(default=6e-4, metadata={
+        "help": "With muon: peak learning rate of the blocks' matrices, before Muon's shape adjustment."})
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_steps: int = field(default=0, metadata={
+        "help": "With muon: raise the momentum linearly from 0.85 over these steps (0: none)."})
+    muon_adjust_lr: str = field(default="match_rms_adamw", metadata={
+        "help": "Muon's learning-rate scale per matrix shape: match_rms_adamw (0.2 sqrt(max dim): AdamW's update "
+                "RMS) or original (sqrt(max(1, rows / cols))).", "choices": ["match_rms_adamw", "original"]})
+    muon_qkv: str = field(default="whole", metadata={
+        "help": "Orthogonalize c_attn as one 3C x C matrix, or as query, key and value apart.",
+        "choices": ["whole", "split"]})
+    lr_schedule: str = field(default="cosine", metadata={
+        "help": "cosine: warm-up then cosine decay. wsd: warm-up, stable, then linear decay over decay_fraction.",
+        "choices": ["cosine", "wsd"]})
+    decay_fraction: float = field(default=0.2, metadata={"help": "With wsd: share of the steps spent decaying."})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "Final learning rate as a share of the peak."})
     warmup_steps: int = field(default=715, metadata={"help": "Linear warmup steps."})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay, applied to 2-D weights only."})
+    weight_decay: float = field(default=0.1, metadata={"help": "Decoupled decay of 2-D weights (AdamW and Muon)."})
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_epsilon: float = 1e-8
