@@ -328,9 +328,10 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache if cache is not None else kwargs.pop("past_key_values", None),
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **kwargs,  # the cache under its pre-5.2x name, `past_key_values`, is taken there
         )
         hidden_states = outputs.last_hidden_state  # (B, T, C)
         head_weight = self.lm_head.weight[: self.config.vocab_size]  # padding rows never become logits
@@ -338,9 +339,9 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         has_targets = labels is not None or shift_labels is not None
         if return_logits is None:
             return_logits = not (self.training and has_targets)
-        targets = align_targets(labels, shift_labels).reshape(-1) if has_targets else None
-        normalizer = None
+        targets = normalizer = None
         if has_targets:
+            targets = align_targets(labels, shift_labels).reshape(-1)
             normalizer = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
 
         loss = logits = None

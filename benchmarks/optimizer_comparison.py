@@ -31,10 +31,12 @@ from training.measurement import LOG_FILE  # noqa: E402
 
 MARK_START, MARK_END = "<!-- optimizer_comparison:start -->", "<!-- optimizer_comparison:end -->"
 # The small model of the comparison: 4 layers x 256 wide, 128-token context, 16 x 128 tokens a step.
-MODEL_FLAGS = ["--n_layer", "4", "--n_head", "4", "--n_embd", "256", "--n_positions", "128",
-               "--micro_batch_size", "16", "--total_batch_tokens", "2048", "--mixed_precision", "no", "--tf32", "false",
-               "--sample_every", "0", "--save_every", "0", "--export_gpt2", "false", "--report_to", "none",
-               "--dataloader_workers", "1", "--min_lr_ratio", "0.1"]
+MODEL = dict(n_layer=4, n_head=4, n_embd=256, n_positions=128)
+TOKENS_PER_STEP = 2048
+RUN_FLAGS = [*(f"--{name}={value}" for name, value in MODEL.items()),
+             "--micro_batch_size", "16", "--total_batch_tokens", str(TOKENS_PER_STEP), "--mixed_precision", "no",
+             "--tf32", "false", "--sample_every", "0", "--save_every", "0", "--export_gpt2", "false",
+             "--report_to", "none", "--dataloader_workers", "1", "--min_lr_ratio", "0.1"]
 # Variants tried at Muon's best learning rate, each against plain `muon` there.
 VARIANTS = {  # label: (run-name suffix, flags)
     "muon, QKV split": ("qkv_split", ["--muon_qkv", "split"]),
@@ -51,18 +53,17 @@ def parameter_count() -> int:
     from configuration import GPT2ScratchConfig
     from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 
-    flags = dict(zip(MODEL_FLAGS[0:8:2], MODEL_FLAGS[1:8:2], strict=True))
-    config = GPT2ScratchConfig(vocab_size=4096, bos_token_id=0, eos_token_id=0,
-                               **{k.lstrip("-"): int(v) for k, v in flags.items()})
+    config = GPT2ScratchConfig(vocab_size=4096, bos_token_id=0, eos_token_id=0, **MODEL)
     return GPT2ScratchForCausalLM(config).num_parameters()
 
 
-def train(args, optimizer: str, lr: float, seed: int, extra: list[str], name: str) -> Path:
-    """One run_pretrain.py job; a finished one (its final evaluation logged) is reused."""
+def trained_run(args, optimizer: str, lr: float, seed: int, suffix: str = "", extra: list[str] = ()) -> dict:
+    """One run_pretrain.py job, summarized; a finished one (its final evaluation logged) is reused."""
+    name = run_name(optimizer, lr, seed, suffix)
     out = args.output_dir / name
     if (out / LOG_FILE).exists() and any(r["step"] == args.steps for r in read_log(out / LOG_FILE).get("eval", [])):
-        return out
-    flags = [*MODEL_FLAGS, "--data_dir", str(args.data_dir), "--output_dir", str(out), "--overwrite_output_dir",
+        return summarize(out)
+    flags = [*RUN_FLAGS, "--data_dir", str(args.data_dir), "--output_dir", str(out), "--overwrite_output_dir",
              "true", "--max_steps", str(args.steps), "--warmup_steps", str(args.warmup_steps), "--eval_every",
              str(args.eval_every), "--eval_tokens", str(args.eval_tokens), "--log_every", str(args.eval_every),
              "--optimizer", optimizer, "--learning_rate", str(lr), "--muon_learning_rate", str(lr),
@@ -74,12 +75,12 @@ def train(args, optimizer: str, lr: float, seed: int, extra: list[str], name: st
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-    return out
+    return summarize(out)
 
 
-def summarize(out: Path, tokens_per_step: int) -> dict:
+def summarize(out: Path) -> dict:
     log = read_log(out / LOG_FILE)
-    curve = [(r["step"] * tokens_per_step, r["val_loss"]) for r in log["eval"]]
+    curve = [(r["step"] * TOKENS_PER_STEP, r["val_loss"]) for r in log["eval"]]
     speeds = [r["tokens_per_second"] for r in log["train"][1:]]  # the first window includes start-up
     swag = log.get("hellaswag", [{}])[-1]
     return {"curve": curve, "final": curve[-1][1], "tokens_per_second": statistics.median(speeds),
@@ -106,15 +107,15 @@ def speed_and_cloze(runs: list[dict]) -> str:
 
 
 def report(args, results: dict, best: dict, variants: dict, plot_path: Path) -> str:
-    tokens_per_step = 2048
-    budget = args.steps * tokens_per_step
+    budget = args.steps * TOKENS_PER_STEP
     adamw_target = np.mean([r["final"] for r in results["adamw"][best["adamw"]]])
     muon_curve = mean_curve(results["muon"][best["muon"]])
     reach = tokens_to_reach(muon_curve, adamw_target)
     lines = [
-        f"Model 4 layers x 256 wide ({parameter_count():,} parameters), vocabulary 4,096 (BPE trained on the "
-        f"plays), context 128; "
-        f"{args.steps} steps of 2,048 tokens ({budget:,} tokens), warm-up {args.warmup_steps} steps, cosine to 10%; "
+        f"Model {MODEL['n_layer']} layers x {MODEL['n_embd']} wide ({parameter_count():,} parameters), vocabulary "
+        f"4,096 (BPE trained on the plays), context {MODEL['n_positions']}; "
+        f"{args.steps} steps of {TOKENS_PER_STEP:,} tokens ({budget:,} tokens), warm-up {args.warmup_steps} steps, "
+        f"cosine to 10%; "
         f"validation every {args.eval_every} steps on {args.eval_tokens:,} held-out tokens. "
         f"Seeds {', '.join(map(str, args.seeds))} at each optimizer's best learning rate, "
         f"{', '.join(map(str, args.seeds[: args.variant_seeds]))} for the variants, {args.seeds[0]} for the rest "
@@ -207,20 +208,16 @@ def main(argv=None) -> str:
     results = {opt: {} for opt in lrs}
     for optimizer, values in lrs.items():  # the sweep, one seed
         for lr in values:
-            out = train(args, optimizer, lr, first_seed, [], run_name(optimizer, lr, first_seed))
-            results[optimizer][lr] = [summarize(out, 2048)]
+            results[optimizer][lr] = [trained_run(args, optimizer, lr, first_seed)]
     best = {opt: min(by_lr, key=lambda lr, by_lr=by_lr: by_lr[lr][0]["final"]) for opt, by_lr in results.items()}
     for optimizer, lr in best.items():  # more seeds at the best learning rates
         for seed in args.seeds[1:]:
-            results[optimizer][lr].append(summarize(train(args, optimizer, lr, seed, [], run_name(optimizer, lr, seed)),
-                                                    2048))
+            results[optimizer][lr].append(trained_run(args, optimizer, lr, seed))
     variants = {}
     if args.variants:
         for variant, (suffix, extra) in VARIANTS.items():
-            variants[variant] = [
-                summarize(train(args, "muon", best["muon"], seed, extra, run_name("muon", best["muon"], seed, suffix)),
-                          2048)
-                for seed in args.seeds[: args.variant_seeds]]
+            variants[variant] = [trained_run(args, "muon", best["muon"], seed, suffix, extra)
+                                 for seed in args.seeds[: args.variant_seeds]]
     plot_path = args.results.parent / "optimizer_comparison.png"
     plot(results, best, variants, plot_path)
     text = report(args, results, best, variants, plot_path)

@@ -62,10 +62,10 @@ class Optimizers:
         return model
 
     def step(self):
-        for whole, parts in self.split_matrices:
-            rows = whole.shape[0] // len(parts)
-            for i, part in enumerate(parts):
-                part.grad = None if whole.grad is None else whole.grad[i * rows : (i + 1) * rows]
+        for whole, parts in self.split_matrices:  # the views' gradients: the same slices of the whole's
+            grads = whole.grad.chunk(len(parts)) if whole.grad is not None else [None] * len(parts)
+            for part, grad in zip(parts, grads, strict=True):
+                part.grad = grad
         for optimizer in self.optimizers:
             optimizer.step()
 
