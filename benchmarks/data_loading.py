@@ -10,18 +10,14 @@ rate with what one GPU consumes at the throughput goal (500,000 tokens/s for GPT
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from accelerate import Accelerator
 
-from accelerate import Accelerator  # noqa: E402
-
-from training.arguments import parse_config  # noqa: E402
-from training.data import build_data, train_batches  # noqa: E402
-from training.packed_data import read_metadata  # noqa: E402
+from training.arguments import parse_config
+from training.data import build_data, train_batches
+from training.packed_data import read_metadata
 
 GPU_TOKENS_PER_SECOND = 500_000  # the per-GPU goal of benchmarks/throughput.py
 

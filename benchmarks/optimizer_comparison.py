@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from eval.plot import read_log
+from training.measurement import LOG_FILE
 
-from eval.plot import read_log  # noqa: E402
-from training.measurement import LOG_FILE  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MARK_START, MARK_END = "<!-- optimizer_comparison:start -->", "<!-- optimizer_comparison:end -->"
 # The small model of the comparison: 4 layers x 256 wide, 128-token context, 16 x 128 tokens a step.

@@ -19,7 +19,6 @@ import argparse
 import multiprocessing as mp
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,9 +27,9 @@ import numpy as np
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from prepare_data import GPT2_SPLIT_PATTERN, PrepareArguments, prepare
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-from prepare_data import GPT2_SPLIT_PATTERN, PrepareArguments, prepare  # noqa: E402
 
 SHARD_TOKENS = 10_000_000
 # Held out by both of our modes: about the cached mode's default 5% of three copies (streaming has no default

@@ -26,28 +26,23 @@ import json
 import resource
 import statistics
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import GPT2Config, GPT2LMHeadModel
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from accelerate import Accelerator  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
-
-from configuration import GPT2ScratchConfig  # noqa: E402
-from modeling_gpt2_scratch import GPT2ScratchForCausalLM  # noqa: E402
-from training.accelerator import build_accelerator  # noqa: E402
-from training.arguments import ModelArguments, OptimizationArguments, parse_config  # noqa: E402
-from training.measurement import device_peak_flops, flops_per_token  # noqa: E402
-from training.optimizer import build_optimizer  # noqa: E402
-from training.step import finish_step, train_step  # noqa: E402
+from configuration import GPT2ScratchConfig
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+from training.accelerator import build_accelerator
+from training.arguments import ModelArguments, OptimizationArguments, parse_config
+from training.measurement import device_peak_flops, flops_per_token
+from training.optimizer import build_optimizer
+from training.step import finish_step, train_step
 
 SIZES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=4, n_embd=128),
          "4x256": dict(n_layer=4, n_head=4, n_embd=256)}  # the optimizer comparison's model
@@ -100,20 +95,18 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def measured_matmul_flops(device, dtype) -> float | None:
-    """FLOP/s of a large square matmul: what this device really delivers, for a second MFU figure."""
-    if device.type != "cuda":
-        return None
-    a = torch.randn(8192, 8192, device=device, dtype=dtype)
-    b = torch.randn(8192, 8192, device=device, dtype=dtype)
+def measured_matmul_flops(device, dtype, size: int = 8192, repeats: int = 20) -> float:
+    """FLOP/s of a large square matmul on random data: what this device really delivers, for a second MFU figure."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     synchronize(device)
     start = time.perf_counter()
-    for _ in range(20):
+    for _ in range(repeats):
         a @ b
     synchronize(device)
-    return 20 * 2 * 8192**3 / (time.perf_counter() - start)
+    return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
 def build(kind: str, size: dict, seq_len: int, vocab: int) -> torch.nn.Module:
@@ -151,6 +144,8 @@ def profile_steps(run_step, steps: int, device: torch.device, top: int, trace_pa
 
 def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
     device = accelerator.device
+    # A fresh compiler state: a shape seen earlier in this process would otherwise be recompiled as dynamic.
+    torch._dynamo.reset()
     model = build(kind, SIZES[args.size], args.seq_len, args.vocab).to(device)
     optimizer = build_optimizer(model, run_config, device)
     model = optimizer.prepare(model, accelerator)  # compiles when the run config says so
@@ -245,6 +240,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         **loop_setting(OptimizationArguments, "ddp_comm_hook"))
     parser.add_argument("--optimizer", **loop_setting(OptimizationArguments, "optimizer"),
                         help="The loop's optimizer: muon adds its Newton-Schulz matmuls to the step.")
+    parser.add_argument("--muon_qkv", **loop_setting(OptimizationArguments, "muon_qkv"),
+                        help="With muon: orthogonalize c_attn whole or as query, key and value apart.")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="ours,stock")
@@ -266,12 +263,13 @@ def main(argv=None):
     run_config = parse_config([f"--mixed_precision={args.mixed_precision}", f"--compile={args.compile}",
                                f"--compile_mode={args.compile_mode}", f"--ddp_bucket_cap_mb={args.ddp_bucket_cap_mb}",
                                f"--ddp_comm_hook={args.ddp_comm_hook}", f"--optimizer={args.optimizer}",
+                               f"--muon_qkv={args.muon_qkv}",
                                "--max_grad_norm=1.0", "--tf32=true",
                                "--report_to=none"])
     accelerator = build_accelerator(run_config)
     device = accelerator.device
     args.peak = device_peak_flops(device)
-    args.matmul = measured_matmul_flops(device, torch.bfloat16)
+    args.matmul = measured_matmul_flops(device, torch.bfloat16) if device.type == "cuda" else None
     if args.trace_dir:
         args.trace_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -286,10 +284,10 @@ def main(argv=None):
         "processes": accelerator.num_processes,
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "accelerate": __import__("accelerate").__version__,
-        "cuda_driver": _cuda_driver() if device.type == "cuda" else None,
+        "cuda_driver": cuda_driver() if device.type == "cuda" else None,
         "setting": {k: getattr(args, k) for k in (
             "size", "micro_batch", "seq_len", "accumulation", "mixed_precision", "compile", "compile_mode",
-            "ddp_bucket_cap_mb", "ddp_comm_hook", "optimizer", "warmup", "steps", "vocab")},
+            "ddp_bucket_cap_mb", "ddp_comm_hook", "optimizer", "muon_qkv", "warmup", "steps", "vocab")},
         "datasheet_bf16_flops": args.peak, "measured_matmul_flops": args.matmul, "results": results,
     }
     speed = {r["model"]: r["tokens_per_second"] for r in results if "error" not in r}
@@ -302,7 +300,7 @@ def main(argv=None):
     return report
 
 
-def _cuda_driver() -> str | None:
+def cuda_driver() -> str | None:
     """The NVIDIA driver version, as nvidia-smi prints it."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],

@@ -1,16 +1,11 @@
 """The benchmarks run end to end (their figures come from real runs, recorded in benchmarks/RESULTS.md)."""
 
-import sys
-
 import pytest
 import torch
-from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 
 def test_throughput_tiny_mode_measures_and_profiles_both_models(tmp_path):
-    import throughput
+    from benchmarks import throughput
 
     report = throughput.main(["--tiny", "--steps", "2", "--warmup", "1", "--output", str(tmp_path / "r.json")])
     ours, stock = report["results"]
@@ -27,7 +22,7 @@ def test_throughput_tiny_mode_measures_and_profiles_both_models(tmp_path):
 
 
 def test_a_model_running_out_of_memory_is_reported_and_the_other_still_measured(monkeypatch, capsys):
-    import throughput
+    from benchmarks import throughput
 
     real_build = throughput.build
 
@@ -45,7 +40,7 @@ def test_a_model_running_out_of_memory_is_reported_and_the_other_still_measured(
 
 
 def test_host_read_counter_sees_item_bool_and_nonzero():
-    import throughput
+    from benchmarks import throughput
 
     x = torch.arange(4.0)
     with throughput.HostReads() as reads:
@@ -57,7 +52,7 @@ def test_host_read_counter_sees_item_bool_and_nonzero():
 
 
 def test_sdpa_backend_names_match_torch_operators():
-    import throughput
+    from benchmarks import throughput
 
     names = {"_scaled_dot_product_flash_attention": "flash", "_scaled_dot_product_flash_attention_for_cpu": "flash",
              "_scaled_dot_product_cudnn_attention": "cuDNN", "_scaled_dot_product_efficient_attention":
@@ -68,7 +63,7 @@ def test_sdpa_backend_names_match_torch_operators():
 
 
 def test_data_loading_reads_the_loops_batches_with_and_without_workers(tiny_data):
-    import data_loading
+    from benchmarks import data_loading
 
     report = data_loading.main(["--data_dir", str(tiny_data), "--micro_batch", "4", "--workers", "0,1",
                                 "--batches", "5", "--repeats", "1"])
@@ -79,7 +74,7 @@ def test_data_loading_reads_the_loops_batches_with_and_without_workers(tiny_data
 
 @pytest.mark.slow
 def test_ddp_scaling_runs_one_and_two_gloo_processes(tmp_path):
-    import ddp_scaling
+    from benchmarks import ddp_scaling
 
     scaling = ddp_scaling.main(["--processes", "1,2", "--tiny", "--steps", "2", "--warmup", "1",
                                 "--output", str(tmp_path / "s.json")])
@@ -91,7 +86,7 @@ def test_ddp_scaling_runs_one_and_two_gloo_processes(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_data_speed_runs_all_three_pipelines(shared_data, capsys):
-    import prepare_data_speed
+    from benchmarks import prepare_data_speed
 
     prepare_data_speed.main(["--data_dir", str(shared_data), "--copies", "1", "--repeats", "1", "--num_proc", "2"])
     out = capsys.readouterr().out
@@ -100,7 +95,7 @@ def test_prepare_data_speed_runs_all_three_pipelines(shared_data, capsys):
 
 
 def test_tokens_to_reach_interpolates_between_evaluations():
-    import optimizer_comparison
+    from benchmarks import optimizer_comparison
 
     curve = [(100, 5.0), (200, 4.0), (300, 3.5)]
     assert optimizer_comparison.tokens_to_reach(curve, 4.5) == 150  # halfway between 5.0 and 4.0
@@ -110,7 +105,7 @@ def test_tokens_to_reach_interpolates_between_evaluations():
 
 
 def test_optimizer_comparison_runs_the_sweep_and_writes_its_section(tiny_data, tmp_path):
-    import optimizer_comparison
+    from benchmarks import optimizer_comparison
 
     results = tmp_path / "RESULTS.md"
     results.write_text("# Measured results\n\nearlier text\n")

@@ -55,10 +55,14 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep_last: int, extra: dict):
     """accelerator.save_state into step_N.tmp, a manifest of checksums, then a rename: a checkpoint is
     either whole or absent, and a failed write leaves the previous ones as they were."""
-    final = output_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
+    final = checkpoint_dir(output_dir, step)
     staging = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,756 @@
+"""The whole GPU check in one call: every figure `benchmarks/RESULTS.md` owes, in stages that each leave a JSON.
+
+A lent GPU comes for 15 minutes in all, start-up included, so this is the one prepared call. Six stages
+run in order, each in a child process of its own, so that a hang, an out-of-memory or a CUDA error that
+poisons a process cannot take the later stages with it. Each writes `OUTPUT/<stage>.json` the moment it
+ends (a failure records its error), so what finished survives a later failure or the time limit:
+
+1. environment  device, driver, versions, bf16, which SDPA kernels run, the measured bf16 matmul peak
+                (the denominator of every MFU figure below)
+2. correctness  ours against stock `GPT2LMHeadModel` with the same random weights: bf16 autocast against
+                each model's own fp32 result (loss, logits, gradients); the SDPA kernel that ran (and why,
+                if not flash); compiled against eager over a few training steps; the fused loss's peak
+                memory against full logits
+3. throughput   `benchmarks/throughput.py` (the loop's own step functions) at 64 x 1024, bf16, compiled,
+                fused AdamW, ours and stock; a model that runs out of memory is measured at 32 x 1024 with
+                2 accumulation steps; then ours at 32 x 1024: peak reserved memory against the 40 GB goal
+4. muon         ours with `--optimizer muon --muon_qkv split` at stage 3's shape: tokens/s against AdamW's
+5. hellaswag    `eval.hellaswag` on a 124M model over the carried cloze set: examples/s, and the time that
+                gives for HellaSwag's 10,042 validation examples
+6. recipe       `prepare_data.py` on the carried Shakespeare with GPT-2's BPE, then `run_pretrain.py
+                configs/gpt2_124m_fineweb_edu.yaml` for 16 steps with evaluation, HellaSwag, samples, two
+                checkpoints, the final save and the stock export inside the run; its tokens/s and MFU
+                from `log.jsonl`
+Then `summary.json` and `summary.md` (a table ready for RESULTS.md): eight files, what the device returns.
+
+Budget on one H200, in seconds, each child's start-up (about 5 s of imports) included: environment 10,
+correctness 60, throughput 105, muon 25, hellaswag 20, recipe 80; 300 in all. A stage may use what
+earlier stages left over, never a later stage's share, and is killed at its limit, so the stages end
+within 300 s; a stage that is killed keeps what it had measured (stages save as they go). Compilation
+is most of the cost: four cold inductor compiles of 124M (ours at 64 x 1024 in correctness, stock at
+64 x 1024 and ours at 32 x 1024 in throughput; the recipe's and Muon's hit the on-disk cache of ours
+at 64 x 1024). Bounds: correctness compares at 8 x 1024 tokens and trains 3 steps at 64 x 1024;
+throughput 3 warm-up and 10 timed steps a measurement; HellaSwag 400 examples at two batch sizes;
+recipe 16 steps of 524,288 tokens.
+
+Launch on the lent GPU (the device tool's `run`), from the repository root. Here, once:
+
+    mkdir -p .device_data && cp ../shared/wheels/py312/*.whl ../shared/data/gpt2.tiktoken \
+        ../shared/data/cloze_shakespeare_val.jsonl .device_data/ && cp -r ../shared/data/shakespeare .device_data/
+
+then `run` with carry [".device_data"] and timeout_s 420 (300 s of stages, installs and start-ups):
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .device_data/*.whl && \
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \
+    python3 benchmarks/gpu_check.py --data .device_data --output $OUT
+
+On CPU, `python benchmarks/gpu_check.py --smoke --output DIR` runs the same stages with a tiny model in
+about a minute (the test suite does, so the script cannot rot between GPU loans).
+"""
+
+import argparse
+import collections
+import copy
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("environment", "correctness", "throughput", "muon", "hellaswag", "recipe")
+MEMORY_GOAL_BYTES = 40e9  # the issue's goal for 32 x 1024: fits a 40 GB card
+HELLASWAG_VALIDATION_EXAMPLES = 10_042
+# bf16 keeps 8 bits of mantissa: a loss within 1% of its fp32 value, logits within 5% (relative RMS) after
+# 12 layers of rounding. Two models rounding independently differ by about sqrt(2) of one model's error;
+# AGREEMENT_FACTOR allows 2x before ours and stock count as disagreeing.
+BF16_LOSS_RTOL, BF16_RMS_RTOL, AGREEMENT_FACTOR = 1e-2, 5e-2, 2.0
+FP32_RTOL = 1e-4  # ours and stock in fp32 with TF32 off: the same network, other kernels
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of every stage: the GPU's, or the smoke run's on CPU. The code is the same."""
+
+    name: str
+    model: dict  # n_layer, n_head, n_embd
+    vocab: int
+    seq_len: int
+    micro_batch: int  # throughput and Muon
+    memory_micro_batch: int  # the 40 GB goal's
+    correctness_batch: int
+    compile_backend: str | None  # the correctness stage's compiled copy; None: not compiled
+    throughput_flags: list
+    matmul_size: int
+    hellaswag_examples: int | None  # None: the whole carried set
+    hellaswag_batch_sizes: tuple
+    recipe_steps: int  # evaluation, samples and checkpoints at the half and the end
+    recipe_prepare_flags: list
+    recipe_flags: list
+    budgets: dict = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def total_seconds(self) -> int:
+        return sum(self.budgets.values())
+
+
+def gpu_plan() -> Plan:
+    from benchmarks.throughput import SIZES
+
+    return Plan(
+        name="gpu", model=SIZES["124m"], vocab=50257, seq_len=1024, micro_batch=64, memory_micro_batch=32,
+        correctness_batch=8, compile_backend="inductor", matmul_size=8192, hellaswag_examples=None,
+        hellaswag_batch_sizes=(16, 64), recipe_steps=16,  # 16: the CLI's default batch, 64: the loop's micro-batch
+        throughput_flags=["--size", "124m", "--compile", "--warmup", "3", "--steps", "10", "--profile_steps", "1"],
+        recipe_prepare_flags=[], recipe_flags=[],
+        budgets=dict(environment=10, correctness=60, throughput=105, muon=25, hellaswag=20, recipe=80),
+    )
+
+
+def smoke_plan() -> Plan:
+    from benchmarks.throughput import SIZES
+
+    return Plan(
+        name="smoke", model=SIZES["tiny"], vocab=2048, seq_len=64, micro_batch=4, memory_micro_batch=2,
+        correctness_batch=2, compile_backend="aot_eager", matmul_size=256, hellaswag_examples=8,
+        hellaswag_batch_sizes=(4,), recipe_steps=4,
+        throughput_flags=["--size", "tiny", "--no-compile", "--warmup", "1", "--steps", "2", "--profile_steps", "1"],
+        recipe_prepare_flags=["--max_documents", "1000", "--block_size", "64"],
+        recipe_flags=["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--n_positions", "64",
+                      "--micro_batch_size", "4", "--total_batch_tokens", "512", "--compile", "false",
+                      "--dataloader_workers", "0", "--eval_tokens", "2048", "--sample_tokens", "8"],
+        # generous for a shared 2-core machine; it takes about a minute
+        budgets=dict(environment=30, correctness=60, throughput=60, muon=40, hellaswag=40, recipe=90),
+    )
+
+
+# ---- the stages: each returns its record; `figures` are the summary table's rows ------------------------
+
+
+@dataclass
+class Stage:
+    """What a stage's function is given: the plan, where records go, the carried data."""
+
+    name: str
+    plan: Plan
+    output: Path
+    data: Path
+
+    def keep(self, partial: dict):
+        """Save what the stage has measured so far: killed at its time limit, it still leaves that."""
+        write_record(self.output, self.name, {"stage": self.name, "ok": False, "partial": True, **partial})
+
+    def earlier(self, name: str) -> dict | None:
+        """An earlier stage's record, if it left one."""
+        return read_record(self.output, name)
+
+    def measured_peak(self) -> float | None:
+        """Stage 1's measured bf16 matmul FLOP/s, if it finished."""
+        return (self.earlier("environment") or {}).get("measured_bf16_matmul_flops")
+
+
+
+def the_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def stage_environment(stage: Stage) -> dict:
+    import accelerate
+    import transformers
+
+    from benchmarks.throughput import cuda_driver, measured_matmul_flops
+    from training.measurement import device_peak_flops
+
+    device = the_device()
+    cuda = device.type == "cuda"
+    record = {
+        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "driver": cuda_driver() if cuda else None, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+        "datasets": package_version("datasets"), "tiktoken": package_version("tiktoken"),
+        "bf16_supported": torch.cuda.is_bf16_supported() if cuda else True,
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None,
+        "memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30 if cuda else None,
+        "sdpa_kernels_that_run": sdpa_kernels_that_run(device),
+        "datasheet_bf16_flops": device_peak_flops(device),
+    }
+    size = stage.plan.matmul_size
+    record["measured_bf16_matmul_flops"] = max(measured_matmul_flops(device, torch.bfloat16, size, 10)
+                                               for _ in range(3))
+    record["figures"] = {
+        "device": f"{record['device']}, driver {record['driver']}, CUDA {record['cuda']}",
+        "versions": f"torch {record['torch']}, transformers {record['transformers']}, "
+                    f"accelerate {record['accelerate']}, datasets {record['datasets']}",
+        "bf16 matmul, measured": f"{record['measured_bf16_matmul_flops'] / 1e12:,.0f} TFLOP/s "
+                                 f"({size}^2, best of 3 x 10)",
+        "SDPA kernels that run (bf16, causal)": ", ".join(k for k, ok in record["sdpa_kernels_that_run"].items()
+                                                          if ok is True),
+    }
+    return record
+
+
+def package_version(name: str) -> str:
+    try:
+        return __import__(name).__version__
+    except Exception as error:  # the GPU image lacks datasets unless its wheels were carried
+        return f"not importable ({type(error).__name__}: {error})"
+
+
+def sdpa_kernels_that_run(device: torch.device) -> dict:
+    """Each SDPA backend forced alone on a small bf16 causal attention: True, or why it did not run."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(2, 4, 128, 64, device=device, dtype=torch.bfloat16)
+    found = {}
+    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+        try:
+            with sdpa_kernel([getattr(SDPBackend, name)]):
+                torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+            found[name.lower()] = True
+        except Exception as error:
+            found[name.lower()] = str(error).splitlines()[0][:200]
+    return found
+
+
+def stage_correctness(stage: Stage) -> dict:
+    from configuration import GPT2ScratchConfig
+    from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+
+    plan, device = stage.plan, the_device()
+    torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 references are true fp32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    ours = GPT2ScratchForCausalLM(GPT2ScratchConfig(vocab_size=plan.vocab, n_positions=plan.seq_len, **plan.model))
+    ours = ours.to(device)
+    stock = ours.to_gpt2()  # the same weights in OpenAI's layout
+    ids = torch.randint(0, plan.vocab, (plan.correctness_batch, plan.seq_len + 1), device=device)
+    inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()  # stock models .view() their labels
+    batch = dict(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False)
+
+    eval_fp32 = {name: forward(model, batch, bf16=False) for name, model in (("ours", ours), ("stock", stock))}
+    eval_bf16 = {name: forward(model, batch, bf16=True) for name, model in (("ours", ours), ("stock", stock))}
+    loss_error = {name: abs(eval_bf16[name][0] - eval_fp32[name][0]) / eval_fp32[name][0] for name in eval_fp32}
+    logits_error = {name: relative_rms(eval_bf16[name][1], eval_fp32[name][1]) for name in eval_fp32}
+    fp32_loss_gap = abs(eval_fp32["ours"][0] - eval_fp32["stock"][0]) / eval_fp32["stock"][0]
+    fp32_logits_gap = relative_rms(eval_fp32["ours"][1], eval_fp32["stock"][1])
+    bf16_loss_gap = abs(eval_bf16["ours"][0] - eval_bf16["stock"][0]) / eval_fp32["stock"][0]
+    bf16_logits_gap = relative_rms(eval_bf16["ours"][1], eval_bf16["stock"][1])
+    del eval_fp32, eval_bf16
+
+    # Training mode: our fused chunked loss (no logits) and its backward, against stock's full logits.
+    models = {"ours": ours, "stock": stock}
+    grads = {(name, bf16): train_gradient(model, batch, bf16, plan.vocab) for name, model in models.items()
+             for bf16 in (False, True)}
+    train_loss_error = {name: abs(grads[name, True][0] - grads[name, False][0]) / grads[name, False][0]
+                        for name in ("ours", "stock")}
+    grad_error = {name: relative_rms(grads[name, True][1], grads[name, False][1]) for name in ("ours", "stock")}
+    fp32_grad_gap = relative_rms(grads["ours", False][1], grads["stock", False][1])
+    bf16_grad_gap = relative_rms(grads["ours", True][1], grads["stock", True][1])
+    del grads
+
+    checks = {
+        "fp32: ours equals stock (loss, logits, embedding gradient)":
+            max(fp32_loss_gap, fp32_logits_gap, fp32_grad_gap) <= FP32_RTOL,
+        "bf16: each model's loss within 1% of its own fp32": max(*loss_error.values(), *train_loss_error.values())
+            <= BF16_LOSS_RTOL,
+        "bf16: each model's logits and gradient within 5% RMS of its own fp32":
+            max(*logits_error.values(), *grad_error.values()) <= BF16_RMS_RTOL,
+        "bf16: ours and stock no further apart than 2x either's own rounding":
+            bf16_logits_gap <= AGREEMENT_FACTOR * max(logits_error.values())
+            and bf16_grad_gap <= AGREEMENT_FACTOR * max(grad_error.values())
+            and bf16_loss_gap <= AGREEMENT_FACTOR * max(loss_error.values()) + 1e-4,
+    }  # fmt: skip
+    attention = attention_kernel_used(ours, batch, device)
+    checks["SDPA ran flash attention (forward and backward)"] = attention["backend"] == ["flash"]
+    stage.keep({"checks": dict(checks), "attention": attention})
+    # At the throughput stage's shape: its compile of ours then finds this one in inductor's on-disk cache.
+    ids = torch.randint(0, plan.vocab, (plan.micro_batch, plan.seq_len + 1), device=device)
+    compiled = compiled_against_eager(copy.deepcopy(ours), plan, ids[:, :-1].contiguous(), ids[:, 1:].contiguous())
+    checks["compiled and eager training losses agree within 1% (bf16)"] = compiled["max_relative_gap"] <= 1e-2
+    memory = fused_loss_memory(ours, batch, device)
+    if memory is not None:
+        checks["fused loss peaks below full logits"] = memory["fused_peak_gib"] < memory["full_logits_peak_gib"]
+    record = {
+        "tokens": plan.correctness_batch * plan.seq_len, "passed": all(checks.values()), "checks": checks,
+        "fp32_gap": {"loss": fp32_loss_gap, "logits_rms": fp32_logits_gap, "embedding_grad_rms": fp32_grad_gap},
+        "bf16_own_error": {"loss": loss_error, "train_loss": train_loss_error, "logits_rms": logits_error,
+                           "embedding_grad_rms": grad_error},
+        "bf16_gap_ours_stock": {"loss": bf16_loss_gap, "logits_rms": bf16_logits_gap,
+                                "embedding_grad_rms": bf16_grad_gap},
+        "attention": attention, "compiled_against_eager": compiled, "fused_loss_memory": memory,
+    }
+    record["ok"] = record["passed"]
+    record["figures"] = {
+        "correctness checks": f"{sum(checks.values())} of {len(checks)} passed"
+                              + "".join(f"; FAILED: {name}" for name, ok in checks.items() if not ok),
+        "bf16 logits RMS error, ours / stock / gap": f"{logits_error['ours']:.2e} / {logits_error['stock']:.2e} / "
+                                                     f"{bf16_logits_gap:.2e}",
+        "attention kernel": ", ".join(attention["backend"]) + (f" ({attention['why_not_flash']})"
+                                                               if attention.get("why_not_flash") else ""),
+        "compiled vs eager loss, largest relative gap": f"{compiled['max_relative_gap']:.1e} over "
+                                                        f"{len(compiled['eager'])} steps ({compiled['backend']})",
+    }
+    if memory is not None:
+        record["figures"]["loss peak memory, fused vs full logits"] = (
+            f"{memory['fused_peak_gib']:.2f} vs {memory['full_logits_peak_gib']:.2f} GiB "
+            f"({plan.correctness_batch} x {plan.seq_len})")
+    return record
+
+
+def forward(model, batch: dict, bf16: bool) -> tuple[float, torch.Tensor]:
+    """Eval-mode loss and float32 logits."""
+    model.eval()
+    with torch.no_grad(), torch.autocast(the_device().type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(**batch)
+    model.train()
+    return out.loss.item(), out.logits.float()
+
+
+def train_gradient(model, batch: dict, bf16: bool, vocab: int) -> tuple[float, torch.Tensor]:
+    """Training-mode loss and the token embedding's gradient (tied to the head, so the loss's backward feeds it)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(the_device().type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    gradient = model.get_input_embeddings().weight.grad[:vocab].float().clone()
+    model.zero_grad(set_to_none=True)
+    return loss.item(), gradient
+
+
+def relative_rms(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()).item()
+
+
+def attention_kernel_used(model, batch: dict, device: torch.device) -> dict:
+    """The SDPA implementation one bf16 training step dispatched to, from the profiler; why not flash, if not."""
+    from benchmarks.throughput import profile_steps
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    profiled = profile_steps(step, 1, device, top=5, trace_path=None)
+    found = {"backend": profiled["attention_backend"], "operators": profiled["attention_ops"]}
+    if found["backend"] != ["flash"] and device.type == "cuda":
+        found["why_not_flash"] = why_not_flash(model, batch, device)
+    return found
+
+
+def why_not_flash(model, batch: dict, device: torch.device) -> str:
+    """torch's own reasons, from `can_use_flash_attention(debug=True)`, for our attention's shapes."""
+    config = model.config
+    head_dim = config.n_embd // config.n_head
+    q = torch.randn(batch["input_ids"].shape[0], config.n_head, batch["input_ids"].shape[1], head_dim,
+                    device=device, dtype=torch.bfloat16)
+    try:
+        params = torch.backends.cuda.SDPAParams(q, q, q, None, 0.0, True, False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            usable = torch.backends.cuda.can_use_flash_attention(params, debug=True)
+        reasons = "; ".join(str(w.message).splitlines()[0] for w in caught)
+        return reasons or f"can_use_flash_attention: {usable}"
+    except Exception as error:  # the SDPAParams signature changes between torch releases
+        return f"could not ask torch ({type(error).__name__}: {error})"
+
+
+def compiled_against_eager(model, plan: Plan, inputs: torch.Tensor, targets: torch.Tensor, steps: int = 3) -> dict:
+    """Training losses of an eager and a compiled copy of one model through the loop's train_step and
+    finish_step, bf16 autocast, AdamW, the same batch each step."""
+    from training.accelerator import build_accelerator
+    from training.arguments import parse_config
+    from training.optimizer import build_optimizer
+    from training.step import finish_step, train_step
+
+    config = parse_config(["--mixed_precision=bf16", "--compile=false", "--report_to=none", "--warmup_steps=0",
+                           "--learning_rate=1e-3", "--max_steps=100"])
+    accelerator = build_accelerator(config)
+    losses = {}
+    for name, copy_of in (("eager", copy.deepcopy(model)), ("compiled", model)):
+        optimizers = build_optimizer(copy_of, config, accelerator.device)
+        prepared = optimizers.prepare(copy_of, accelerator)
+        if name == "compiled" and plan.compile_backend:
+            torch._dynamo.reset()
+            prepared = torch.compile(prepared, backend=plan.compile_backend)
+        batches = iter(lambda: (inputs, targets), None)
+        losses[name] = []
+        for _ in range(steps):
+            result = train_step(prepared, optimizers, batches, 1, config, accelerator)
+            finish_step(optimizers, result, False, accelerator)
+            optimizers.schedule_step()
+            losses[name].append(result.loss.item())
+    gaps = [abs(a - b) / abs(a) for a, b in zip(losses["eager"], losses["compiled"], strict=True)]
+    return {**losses, "max_relative_gap": max(gaps), "backend": plan.compile_backend or "not compiled"}
+
+
+def fused_loss_memory(model, batch: dict, device: torch.device) -> dict | None:
+    """Peak CUDA memory above the weights of one bf16 training forward and backward: the fused loss, then
+    the same model made to build full logits (`return_logits=True`). None on CPU (a test measures it there)."""
+    if device.type != "cuda":
+        return None
+    peaks = {}
+    for name, return_logits in (("fused", None), ("full_logits", True)):
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(**batch, return_logits=return_logits).loss.backward()
+        torch.cuda.synchronize()
+        peaks[f"{name}_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+    model.zero_grad(set_to_none=True)
+    return peaks
+
+
+def stage_throughput(stage: Stage) -> dict:
+    plan, peak = stage.plan, stage.measured_peak()
+    record = {"shape": f"{plan.micro_batch} x {plan.seq_len}", "results": {}}
+    for model in ("ours", "stock"):  # one at a time, each kept before the next compiles
+        report = run_throughput(plan, plan.micro_batch, 1, model)
+        result, record["setting"] = report["results"][0], report["setting"]
+        if "error" in result:  # out of memory: the same tokens per step in two micro-batches
+            retry = run_throughput(plan, plan.micro_batch // 2, 2, model)["results"][0]
+            result = {**retry, "shape": f"{plan.micro_batch // 2} x {plan.seq_len} x 2",
+                      "at_full_micro_batch": result["error"]}
+        else:
+            result["shape"] = record["shape"]
+        record["results"][model] = with_mfu(result, plan, peak)
+        stage.keep(with_throughput_figures(record, plan))
+    speeds = [record["results"][name].get("tokens_per_second") for name in ("ours", "stock")]
+    if all(speeds):
+        record["ratio_ours_over_stock"] = speeds[0] / speeds[1]
+    memory = run_throughput(plan, plan.memory_micro_batch, 1, "ours", profile=False)["results"][0]
+    record["memory_at_small_micro_batch"] = memory
+    reserved = memory.get("peak_reserved_gib")
+    record["within_40gb_goal"] = reserved * 2**30 <= MEMORY_GOAL_BYTES if reserved is not None else None
+    return with_throughput_figures(record, plan)
+
+
+def with_throughput_figures(record: dict, plan: Plan) -> dict:
+    figures = {}
+    for name, r in record["results"].items():
+        figures[f"{name}: tokens/s, MFU, peak reserved ({r.get('shape')})"] = throughput_line(r)
+        syncs = r.get("cuda_syncs_per_step", r.get("host_reads_in_train_step"))
+        if syncs is not None:
+            figures[f"{name}: host syncs per step"] = str(syncs)
+    if "ratio_ours_over_stock" in record:
+        figures["ratio ours / stock"] = f"{record['ratio_ours_over_stock']:.2f}"
+    if "memory_at_small_micro_batch" in record:
+        memory, reserved = record["memory_at_small_micro_batch"], record["memory_at_small_micro_batch"].get(
+            "peak_reserved_gib")
+        figures[f"ours at {plan.memory_micro_batch} x {plan.seq_len}: peak reserved"] = (
+            f"{reserved:.1f} GiB ({reserved * 2**30 / 1e9:.1f} GB; goal 40 GB)" if reserved is not None
+            else memory.get("error", "not measured on CPU"))
+    return {**record, "figures": figures}
+
+
+def run_throughput(plan: Plan, micro_batch: int, accumulation: int, models: str, optimizer: str = "adamw",
+                   profile: bool = True) -> dict:
+    from benchmarks import throughput
+
+    flags = [*plan.throughput_flags, "--seq_len", str(plan.seq_len), "--vocab", str(plan.vocab), "--micro_batch",
+             str(micro_batch), "--accumulation", str(accumulation), "--models", models, "--mixed_precision", "bf16",
+             "--optimizer", optimizer, "--muon_qkv", "split"]
+    if not profile:
+        flags += ["--profile_steps", "0"]
+    return throughput.main(flags)
+
+
+def with_mfu(result: dict, plan: Plan, peak: float | None) -> dict:
+    """MFU against stage 1's measured matmul peak (throughput.py's own figure measures a shorter run)."""
+    if "tokens_per_second" not in result or not peak:
+        return result
+    from configuration import GPT2ScratchConfig
+    from training.measurement import flops_per_token
+
+    config = GPT2ScratchConfig(vocab_size=plan.vocab, n_positions=plan.seq_len, **plan.model)
+    return {**result, "mfu_vs_stage1_peak": result["tokens_per_second"] * flops_per_token(config, plan.seq_len) / peak}
+
+
+def throughput_line(result: dict) -> str:
+    if "tokens_per_second" not in result:
+        return result.get("error", "not measured")
+    parts = [f"{result['tokens_per_second']:,.0f} tokens/s"]
+    if result.get("mfu_vs_stage1_peak") is not None:
+        parts.append(f"MFU {result['mfu_vs_stage1_peak']:.1%} of measured, "
+                     f"{result['mfu_vs_datasheet']:.1%} of data sheet" if result.get("mfu_vs_datasheet")
+                     else f"MFU {result['mfu_vs_stage1_peak']:.1%} of measured")
+    if result.get("peak_reserved_gib") is not None:
+        parts.append(f"{result['peak_reserved_gib']:.1f} GiB reserved")
+    return ", ".join(parts)
+
+
+def stage_muon(stage: Stage) -> dict:
+    plan = stage.plan
+    earlier = (stage.earlier("throughput") or {}).get("results", {}).get("ours", {})
+    shape = (plan.micro_batch, 1)
+    if earlier.get("at_full_micro_batch"):  # ours ran out of memory at the full micro-batch in stage 3
+        shape = (plan.micro_batch // 2, 2)
+    if "tokens_per_second" in earlier:
+        adamw, source = earlier, "stage 3 (throughput)"
+    else:
+        adamw, source = run_throughput(plan, *shape, "ours", profile=False)["results"][0], "measured here"
+    stage.keep({"adamw": adamw, "adamw_from": source})
+    muon = run_throughput(plan, *shape, "ours", optimizer="muon", profile=False)["results"][0]
+    record = {"shape": f"{shape[0]} x {plan.seq_len} x {shape[1]}", "adamw": adamw, "adamw_from": source,
+              "muon": muon}
+    if "tokens_per_second" in adamw and "tokens_per_second" in muon:
+        record["muon_over_adamw_tokens_per_second"] = muon["tokens_per_second"] / adamw["tokens_per_second"]
+    record["figures"] = {
+        f"Muon (split QKV): tokens/s ({record['shape']})": throughput_line(muon),
+        "Muon / AdamW tokens/s": f"{record['muon_over_adamw_tokens_per_second']:.3f}"
+        if "muon_over_adamw_tokens_per_second" in record else "not measured",
+    }
+    return record
+
+
+def stage_hellaswag(stage: Stage) -> dict:
+    from benchmarks.throughput import synchronize
+    from configuration import GPT2ScratchConfig
+    from eval import hellaswag
+    from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+    from prepare_data import load_tokenizer
+
+    plan, data, device = stage.plan, stage.data, the_device()
+    tokenizer = load_tokenizer(str(data / "gpt2.tiktoken"))
+    examples = hellaswag.load_examples(str(data / "cloze_shakespeare_val.jsonl"), limit=plan.hellaswag_examples)
+    torch.manual_seed(0)
+    config = GPT2ScratchConfig(vocab_size=len(tokenizer), n_positions=1024, **plan.model)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what `python -m eval.hellaswag` loads
+    model = GPT2ScratchForCausalLM(config).to(device=device, dtype=dtype)
+    record = {"examples": len(examples), "dtype": str(dtype).removeprefix("torch."), "by_batch_size": {}}
+    for batch_size in plan.hellaswag_batch_sizes:
+        hellaswag.evaluate_model(model, tokenizer, examples[:batch_size], batch_size=batch_size)  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        scores = hellaswag.evaluate_model(model, tokenizer, examples, batch_size=batch_size)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        rate = len(examples) / seconds
+        record["by_batch_size"][batch_size] = {
+            "seconds": seconds, "examples_per_second": rate, **scores,
+            "extrapolated_seconds_for_validation": HELLASWAG_VALIDATION_EXAMPLES / rate,
+        }
+        stage.keep(record)
+    record["figures"] = {
+        f"HellaSwag, batch {size}: examples/s (-> {HELLASWAG_VALIDATION_EXAMPLES:,} examples)":
+            f"{r['examples_per_second']:,.0f} (-> {r['extrapolated_seconds_for_validation']:.0f} s)"
+        for size, r in record["by_batch_size"].items()
+    }
+    return record
+
+
+def stage_recipe(stage: Stage) -> dict:
+    from eval.plot import read_log
+    from training.checkpoints import checkpoint_dir
+    from training.final_model import final_model_dir
+    from training.measurement import LOG_FILE
+
+    plan, data = stage.plan, stage.data
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_recipe_"))
+    data_dir, run_dir = work / "data", work / "run"
+    cloze = data / "cloze_shakespeare_val.jsonl"
+    if plan.hellaswag_examples:  # the loop scores a whole file: a shorter one
+        lines = cloze.read_text().splitlines(keepends=True)[: plan.hellaswag_examples]
+        cloze = work / cloze.name
+        cloze.write_text("".join(lines))
+    cores = str(min(8, os.cpu_count() or 1))
+    prepare = [sys.executable, "prepare_data.py", "--dataset", "text", "--data_files", f"{data}/shakespeare/*.txt",
+               "--text_unit", "paragraph", "--tokenizer", str(data / "gpt2.tiktoken"), "--num_proc", cores,
+               "--output_dir", str(data_dir), *plan.recipe_prepare_flags]
+    started = time.perf_counter()
+    subprocess.run(prepare, cwd=REPO_ROOT, check=True)
+    prepared = time.perf_counter()
+    stage.keep({"prepare_seconds": prepared - started})
+    steps, half = plan.recipe_steps, plan.recipe_steps // 2
+    train = [sys.executable, "run_pretrain.py", "configs/gpt2_124m_fineweb_edu.yaml", "--data_dir", str(data_dir),
+             "--output_dir", str(run_dir), "--max_steps", str(steps), "--warmup_steps", str(half),
+             "--log_every", str(max(1, steps // 4)), "--eval_every", str(half), "--eval_tokens", "65536",
+             "--sample_every", str(half), "--save_every", str(half), "--hellaswag_every", str(steps),
+             "--hellaswag_file", str(cloze), "--report_to", "none", *plan.recipe_flags]
+    exit_code = subprocess.run(train, cwd=REPO_ROOT).returncode
+    finished = time.perf_counter()
+    log = read_log(run_dir / LOG_FILE) if (run_dir / LOG_FILE).exists() else {}
+    windows = log.get("train", [])[1:]  # the first window holds the compilation
+    expected = [checkpoint_dir(run_dir, half), checkpoint_dir(run_dir, steps)] + [
+        final_model_dir(run_dir, stock) / name for stock in (False, True)
+        for name in ("config.json", "model.safetensors")]
+    missing = [str(path.relative_to(run_dir)) for path in expected if not path.exists()]
+    record = {
+        "exit_code": exit_code, "prepare_seconds": prepared - started, "train_seconds": finished - prepared,
+        "steps": steps, "missing_outputs": missing,
+        "logged": {kind: len(records) for kind, records in log.items()},
+        "tokens_per_second": median_of(windows, "tokens_per_second"), "mfu_vs_datasheet": median_of(windows, "mfu"),
+        "val_loss": [r["val_loss"] for r in log.get("eval", [])],
+        "hellaswag": log.get("hellaswag", [{}])[-1].get("acc_norm"),
+        "samples": (log.get("samples") or [{}])[-1].get("samples"),
+    }
+    peak = stage.measured_peak()
+    if record["mfu_vs_datasheet"] and peak:
+        from training.measurement import device_peak_flops
+
+        record["mfu_vs_stage1_peak"] = record["mfu_vs_datasheet"] * device_peak_flops(the_device()) / peak
+    record["ok"] = exit_code == 0 and not record["missing_outputs"] and all(
+        record["logged"].get(kind) for kind in ("train", "eval", "hellaswag", "samples"))
+    mfu = f", MFU {record['mfu_vs_stage1_peak']:.1%} of measured" if record.get("mfu_vs_stage1_peak") else ""
+    tokens = f"{record['tokens_per_second']:,.0f} tokens/s" if record["tokens_per_second"] else "no throughput logged"
+    record["figures"] = {
+        f"recipe: loop tokens/s after the first log window ({steps} steps)": tokens + mfu,
+        "recipe: whole path (prepare, train, eval, HellaSwag, samples, checkpoints, final, export)":
+            "works" if record["ok"] else f"FAILED (exit {exit_code}, missing {record['missing_outputs']})",
+        "recipe: prepare / train wall time": f"{record['prepare_seconds']:.0f} s / {record['train_seconds']:.0f} s",
+    }
+    return record
+
+
+def median_of(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+STAGE_FUNCTIONS = {"environment": stage_environment, "correctness": stage_correctness, "throughput": stage_throughput,
+                   "muon": stage_muon, "hellaswag": stage_hellaswag, "recipe": stage_recipe}
+
+
+# ---- running the stages ----------------------------------------------------------------------------------
+
+
+def read_record(output: Path, stage: str) -> dict | None:
+    path = output / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_record(output: Path, stage: str, record: dict):
+    """Whole or absent: a stage killed while writing leaves no half a file."""
+    path = output / f"{stage}.json"
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    staging.replace(path)
+
+
+def run_stage_here(stage: str, plan: Plan, output: Path, data: Path) -> int:
+    """In the child process: one stage, its record written whatever happens."""
+    started = time.perf_counter()
+    try:
+        record = {"stage": stage, "ok": True, **STAGE_FUNCTIONS[stage](Stage(stage, plan, output, data))}
+    except Exception as error:
+        traceback.print_exc()
+        record = {"stage": stage, "ok": False, "error": f"{type(error).__name__}: {error}".splitlines()[0],
+                  "traceback": traceback.format_exc()[-4000:]}
+    record["seconds"] = time.perf_counter() - started
+    write_record(output, stage, record)
+    return 0 if record["ok"] else 1
+
+
+def run_child(stage: str, command: list[str], timeout: float, output: Path, tail_lines: int = 40) -> dict:
+    """A stage's child process, its output echoed with the stage's name; killed (its whole process group)
+    at `timeout`. Returns its record, or one that says how it ended when the child wrote none."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             errors="replace", start_new_session=True)
+    tail = collections.deque(maxlen=tail_lines)
+
+    def echo():
+        for line in child.stdout:
+            tail.append(line.rstrip())
+            print(f"[{stage}] {line}", end="", flush=True)
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    try:
+        child.wait(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        timed_out = True
+    reader.join(timeout=5)
+    record = read_record(output, stage) or {"stage": stage, "ok": False, "partial": True}
+    if timed_out or record.get("partial"):  # what it kept, if anything, and how it ended
+        how = f"timed out after {timeout:.0f} s" if timed_out else f"exited with {child.returncode} before the end"
+        record.update(ok=False, error=how, seconds=time.perf_counter() - started)
+    if not record["ok"]:
+        record["output_tail"] = list(tail)
+        write_record(output, stage, record)
+    return record
+
+
+def run_all(plan: Plan, output: Path, data: Path, smoke: bool) -> dict:
+    """Every stage in order, each bounded so that the later stages keep their budgets."""
+    output.mkdir(parents=True, exist_ok=True)
+    for stage in (*STAGES, "summary"):
+        (output / f"{stage}.json").unlink(missing_ok=True)
+    started = time.perf_counter()
+    records = {}
+    for index, stage in enumerate(STAGES):
+        later = sum(plan.budgets[name] for name in STAGES[index + 1 :])
+        timeout = max(5.0, plan.total_seconds - (time.perf_counter() - started) - later)
+        command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--output", str(output),
+                   "--data", str(data), *(["--smoke"] if smoke else [])]
+        print(f"== {stage}: up to {timeout:.0f} s", flush=True)
+        records[stage] = run_child(stage, command, timeout, output)
+        status = "ok" if records[stage]["ok"] else f"FAILED: {records[stage].get('error')}"
+        print(f"== {stage}: {status} ({records[stage]['seconds']:.1f} s)", flush=True)
+    summary = summarize(records, plan, time.perf_counter() - started)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (output / "summary.md").write_text(summary["markdown"])
+    print(summary["markdown"])
+    return summary
+
+
+def summarize(records: dict, plan: Plan, seconds: float) -> dict:
+    command = "python3 benchmarks/gpu_check.py --data .device_data --output $OUT" if plan.name == "gpu" else \
+        "python benchmarks/gpu_check.py --smoke --output DIR"
+    lines = [f"GPU check ({plan.name}), {seconds:.0f} s in all: `{command}`", "",
+             "| stage | result | seconds (budget) |", "| --- | --- | --- |"]
+    for stage, record in records.items():
+        result = "ok" if record["ok"] else f"failed: {record.get('error', 'see its JSON')}"
+        lines.append(f"| {stage} | {result} | {record['seconds']:.0f} ({plan.budgets[stage]}) |")
+    lines += ["", "| figure | value |", "| --- | --- |"]
+    for record in records.values():
+        lines += [f"| {name} | {value} |" for name, value in record.get("figures", {}).items()]
+    return {"plan": plan.name, "seconds": seconds, "stages_ok": {s: r["ok"] for s, r in records.items()},
+            "figures": {name: value for r in records.values() for name, value in r.get("figures", {}).items()},
+            "markdown": "\n".join(lines) + "\n"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, required=True, help="Where each stage's JSON and the summary go.")
+    parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data",
+                        help="gpt2.tiktoken, cloze_shakespeare_val.jsonl and shakespeare/*.txt (../shared/data "
+                             "here; the carried copy on the GPU machine).")
+    parser.add_argument("--smoke", action="store_true", help="Every stage on CPU with a tiny model.")
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # how a child is told its stage
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    plan = smoke_plan() if args.smoke else gpu_plan()
+    if args.stage:
+        return run_stage_here(args.stage, plan, args.output, args.data.resolve())
+    missing = [name for name in ("gpt2.tiktoken", "cloze_shakespeare_val.jsonl", "shakespeare")
+               if not (args.data / name).exists()]
+    if missing:
+        print(f"gpu_check.py: error: {args.data} lacks {', '.join(missing)} (see --help for what to carry)",
+              file=sys.stderr)
+        return 2
+    summary = run_all(plan, args.output, args.data.resolve(), args.smoke)
+    return 0 if all(summary["stages_ok"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
