@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from configuration import GPT2ScratchConfig
+from formats.run_log import LOG_FILE, RunLog
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import build_accelerator
 from training.arguments import ConfigError, RunConfig, parse_config
@@ -36,7 +37,7 @@ from training.checkpoints import (
 from training.data import TrainingData, build_data, data_fingerprint, train_batches
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.final_model import create_hub_repo, push_final_model, save_final_model
-from training.measurement import LOG_FILE, RunLog, ThroughputMeter
+from training.measurement import ThroughputMeter
 from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step
 

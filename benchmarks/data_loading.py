@@ -15,9 +15,9 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from formats.packed_data import read_metadata
 from training.arguments import parse_config
 from training.data import build_data, train_batches
-from training.packed_data import read_metadata
 
 GPU_TOKENS_PER_SECOND = 500_000  # the per-GPU goal of benchmarks/throughput.py
 

@@ -15,19 +15,18 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from training.accelerator import CPU_LAUNCH_ENV, launch_command
 
 BENCHMARKS = Path(__file__).resolve().parent
 
 
 def launch_throughput(processes: int, throughput_args: list[str], cpu: bool, output: Path) -> dict:
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes",
-              str(processes), "--dynamo_backend", "no", *(["--multi_gpu"] if processes > 1 else [])]
-    env = {**os.environ, **({"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"} if cpu else {})}
-    command = [*launch, str(BENCHMARKS / "throughput.py"), "--models", "ours", "--profile_steps", "0",
-               "--output", str(output), *throughput_args]
+    env = {**os.environ, **(CPU_LAUNCH_ENV if cpu else {})}
+    command = launch_command(str(BENCHMARKS / "throughput.py"), processes, "--models", "ours", "--profile_steps", "0",
+                             "--output", str(output), *throughput_args)
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{processes} processes failed:\n{done.stderr[-3000:]}")

@@ -71,7 +71,6 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("environment", "correctness", "throughput", "muon", "hellaswag", "recipe")
 MEMORY_GOAL_BYTES = 40e9  # the goal for 32 x 1024: fits a 40 GB card
-HELLASWAG_VALIDATION_EXAMPLES = 10_042
 # bf16 keeps 8 bits of mantissa: a loss within 1% of its fp32 value, logits within 5% (relative RMS) after
 # 12 layers of rounding. Two models rounding independently differ by about sqrt(2) of one model's error;
 # AGREEMENT_FACTOR allows 2x before ours and stock count as disagreeing.
@@ -521,10 +520,10 @@ def stage_hellaswag(stage: Stage) -> dict:
     from configuration import GPT2ScratchConfig
     from eval import hellaswag
     from modeling_gpt2_scratch import GPT2ScratchForCausalLM
-    from prepare_data import load_tokenizer
+    from preparation.tokenizer import tokenizer_from_source
 
     plan, data, device = stage.plan, stage.data, the_device()
-    tokenizer = load_tokenizer(str(data / "gpt2.tiktoken"))
+    tokenizer = tokenizer_from_source(str(data / "gpt2.tiktoken"))
     examples = hellaswag.load_examples(str(data / "cloze_shakespeare_val.jsonl"), limit=plan.hellaswag_examples)
     torch.manual_seed(0)
     config = GPT2ScratchConfig(vocab_size=len(tokenizer), n_positions=1024, **plan.model)
@@ -541,11 +540,11 @@ def stage_hellaswag(stage: Stage) -> dict:
         rate = len(examples) / seconds
         record["by_batch_size"][batch_size] = {
             "seconds": seconds, "examples_per_second": rate, **scores,
-            "extrapolated_seconds_for_validation": HELLASWAG_VALIDATION_EXAMPLES / rate,
+            "extrapolated_seconds_for_validation": hellaswag.VALIDATION_EXAMPLES / rate,
         }
         stage.keep(record)
     record["figures"] = {
-        f"HellaSwag, batch {size}: examples/s (-> {HELLASWAG_VALIDATION_EXAMPLES:,} examples)":
+        f"HellaSwag, batch {size}: examples/s (-> {hellaswag.VALIDATION_EXAMPLES:,} examples)":
             f"{r['examples_per_second']:,.0f} (-> {r['extrapolated_seconds_for_validation']:.0f} s)"
         for size, r in record["by_batch_size"].items()
     }
@@ -553,10 +552,9 @@ def stage_hellaswag(stage: Stage) -> dict:
 
 
 def stage_recipe(stage: Stage) -> dict:
-    from eval.plot import read_log
+    from formats.run_log import LOG_FILE, read_log
     from training.checkpoints import checkpoint_dir
     from training.final_model import final_model_dir
-    from training.measurement import LOG_FILE
 
     plan, data = stage.plan, stage.data
     work = Path(tempfile.mkdtemp(prefix="gpu_check_recipe_"))

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.plot import read_log
-from training.measurement import LOG_FILE
+from formats.run_log import LOG_FILE, read_log
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,8 @@ import numpy as np
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from prepare_data import GPT2_SPLIT_PATTERN, PrepareArguments, prepare
+from preparation.tokenizer import GPT2_SPLIT_PATTERN
+from prepare_data import PrepareArguments, prepare
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

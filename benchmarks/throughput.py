@@ -36,16 +36,27 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from benchmarks import optimizer_comparison
 from configuration import GPT2ScratchConfig
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import build_accelerator
-from training.arguments import ModelArguments, OptimizationArguments, parse_config
+from training.arguments import ModelArguments, OptimizationArguments, parse_config, read_yaml_config
 from training.measurement import device_peak_flops, flops_per_token
 from training.optimizer import build_optimizer
 from training.step import finish_step, train_step
 
-SIZES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=4, n_embd=128),
-         "4x256": dict(n_layer=4, n_head=4, n_embd=256)}  # the optimizer comparison's model
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHAPE = ("n_layer", "n_head", "n_embd")
+
+
+def recipe_shape(config_file: str) -> dict:
+    """The model shape a shipped recipe trains, so that the benchmark measures that model."""
+    settings = read_yaml_config(str(REPO_ROOT / "configs" / config_file))
+    return {name: settings[name] for name in SHAPE}
+
+
+SIZES = {"124m": recipe_shape("gpt2_124m_fineweb_edu.yaml"), "tiny": dict(n_layer=2, n_head=4, n_embd=128),
+         "4x256": {name: optimizer_comparison.MODEL[name] for name in SHAPE}}
 
 
 def loop_setting(arguments: type, name: str) -> dict:

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from eval import evaluating
 
-HUB_DATASET = "Rowan/hellaswag"  # the validation split has 10,042 examples
+HUB_DATASET = "Rowan/hellaswag"
+VALIDATION_EXAMPLES = 10_042  # in HUB_DATASET's validation split, the split the reproduction reports
 NUM_ENDINGS = 4
 
 

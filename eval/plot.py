@@ -8,27 +8,18 @@ only for runs on that data. `--no_references` leaves them out.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import matplotlib
+
+from formats.run_log import read_log
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 REFERENCE_VAL_LOSS = {"GPT-2 124M (OpenAI) val loss": 3.2924}
 REFERENCE_HELLASWAG = {"GPT-2 124M (OpenAI)": 0.2955, "GPT-3 124M (paper)": 0.337}
-
-
-def read_log(path: Path) -> dict[str, list[dict]]:
-    """Records by type, in step order; a resumed run's repeated steps keep their last record."""
-    by_type: dict[str, dict[int, dict]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_type.setdefault(record["type"], {})[record["step"]] = record
-    return {kind: [records[s] for s in sorted(records)] for kind, records in by_type.items()}
 
 
 def plot_run(log_path: Path, output: Path, baselines: dict[str, float], references: bool = True) -> Path:

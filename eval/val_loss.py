@@ -16,13 +16,21 @@ import torch
 from tqdm.auto import tqdm
 
 from eval import evaluating
+from formats.packed_data import PackedRows, inputs_and_targets, load_splits
+
+# The reproduction's validation budget: 20 batches of 64 x 1024 tokens on each of 8 GPUs.
+DEFAULT_EVAL_TOKENS = 10_485_760
 
 
-def row_batches(rows, indices: np.ndarray, batch_size: int):
-    """(inputs, targets) CPU batches of the rows at `indices` of a `training.packed_data.PackedRows`."""
+def validation_rows(available: int, tokens: int, block_size: int) -> int:
+    """How many of a split's first rows make up `tokens` (all of them, if the split is smaller; at least one)."""
+    return min(available, max(1, tokens // block_size))
+
+
+def row_batches(rows: PackedRows, indices: np.ndarray, batch_size: int):
+    """(inputs, targets) CPU batches of the rows at `indices`."""
     for start in range(0, len(indices), batch_size):
-        batch = torch.from_numpy(rows.take(indices[start : start + batch_size]).astype(np.int64))
-        yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # stock models .view() their labels
+        yield inputs_and_targets(rows.take(indices[start : start + batch_size]))
 
 
 def validation_loss(model, batches, accelerator=None) -> float:
@@ -49,16 +57,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="Checkpoint directory or hub id.")
     parser.add_argument("--data_dir", required=True, help="Output of prepare_data.py.")
-    parser.add_argument("--tokens", type=int, default=10_485_760, help="Validation tokens (the loop's default).")
+    parser.add_argument("--tokens", type=int, default=DEFAULT_EVAL_TOKENS, help="Validation tokens (the loop's "
+                        "default).")
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM
 
-    from training.packed_data import PackedRows, load_splits
-
     rows = PackedRows(load_splits(args.data_dir)["validation"])
-    count = min(len(rows), max(1, args.tokens // (rows.width - 1)))
+    count = validation_rows(len(rows), args.tokens, rows.width - 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(device)

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 import run_pretrain
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+from training.accelerator import CPU_LAUNCH_ENV, launch_command
 from training.arguments import parse_config
 from training.optimizer import HIDDEN_MATRICES, build_optimizer
 from training.step import finish_step, train_step
@@ -161,10 +162,6 @@ def test_muon_run_resumes_bit_for_bit_and_exports_stock_gpt2(tiny_data, tmp_path
         torch.testing.assert_close(ours(ids).logits, stock(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("qkv", ["whole", "split"])
 def test_muon_over_two_ddp_processes_matches_one_process(tiny_data, tmp_path, qkv):
@@ -173,15 +170,14 @@ def test_muon_over_two_ddp_processes_matches_one_process(tiny_data, tmp_path, qk
     (another summation order) can round one bf16 step (2**-8) apart there, so the losses agree to 1e-3
     relative, not bit for bit (measured: 0 with `whole`, up to 3e-4 with `split`). Gradients that were not
     all-reduced, or updates that missed the model's tensors, move the losses by 1e-2 and more."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CPU_LAUNCH_ENV}
     losses = {}
     for processes in (1, 2):
         out = tmp_path / str(processes)
         args = tiny_run_args(tiny_data, out, micro_batch_size=4, total_batch_tokens=8 * 32, max_steps=6, eval_every=6,
                              save_every=0, optimizer="muon", muon_learning_rate=1e-2, muon_qkv=qkv)
-        flags = ["--multi_gpu"] if processes > 1 else []
-        done = subprocess.run([*LAUNCH, *flags, "--num_processes", str(processes), "run_pretrain.py", *args],
-                              cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        done = subprocess.run(launch_command("run_pretrain.py", processes, *args), cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"{processes} processes" in done.stdout
         losses[processes] = [r["loss"] for r in map(json.loads, open(out / "log.jsonl")) if r["type"] == "train"]

@@ -9,16 +9,11 @@ import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
-import prepare_data
-from prepare_data import (
-    DocumentTokenizer,
-    PrepareArguments,
-    gpt2_mergeable_ranks,
-    load_tokenizer,
-    main,
-    prepare,
-)
-from training.packed_data import PackedRows
+from formats.packed_data import PackedRows
+from preparation.splits import validation_budget
+from preparation.tokenizer import DocumentTokenizer, gpt2_mergeable_ranks
+from preparation.tokenizer import tokenizer_from_source as load_tokenizer
+from prepare_data import PrepareArguments, main, prepare
 
 EOT = 50256
 BLOCK = 32
@@ -146,9 +141,9 @@ def test_output_is_identical_for_one_and_two_processes(corpus, tmp_path, ranks_f
 
 
 def test_default_validation_size_is_proportional():
-    assert prepare_data.default_val_tokens(10_000_000_000, 1024) == 100_000_000
-    assert prepare_data.default_val_tokens(2_000_000, 1024) == 100_000
-    assert prepare_data.default_val_tokens(1000, 1024) == 4096
+    assert validation_budget(None, 10_000_000_000, 1024) == 100_000_000
+    assert validation_budget(None, 2_000_000, 1024) == 100_000
+    assert validation_budget(None, 1000, 1024) == 4096
 
 
 def test_single_document_corpus_carves_validation_from_the_stream(tmp_path, ranks_file, reference):

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 import run_pretrain
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+from training.accelerator import CPU_LAUNCH_ENV, launch_command
 from training.arguments import parse_config
 from training.checkpoints import checkpoint_problem, resolve_resume
 
@@ -36,10 +37,9 @@ def checkpoints(out):
 
 def launch_ddp(args, env_extra=None):
     """Two processes over gloo on CPU, through accelerate launch."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", **(env_extra or {})}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--multi_gpu", "--num_processes", "2", "run_pretrain.py", *args]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, **CPU_LAUNCH_ENV, **(env_extra or {})}
+    return subprocess.run(launch_command("run_pretrain.py", 2, *args), cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_75_then_resumes(tiny_data, tmp_path):

@@ -19,7 +19,7 @@ import run_pretrain
 from configuration import GPT2ScratchConfig
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training import final_model, measurement
-from training.accelerator import compile_plugin, ddp_settings
+from training.accelerator import CPU_LAUNCH_ENV, compile_plugin, ddp_settings, launch_command
 from training.arguments import parse_config
 from training.data import TrainBatchOrder, build_data
 from training.optimizer import build_optimizer
@@ -431,15 +431,13 @@ def test_two_ddp_processes_match_one_process_with_double_accumulation(tiny_data,
     """Real DDP over gloo on CPU: 2 processes x 1 micro-step against 1 process x 2 micro-steps."""
     base = tiny_run_args(tiny_data, tmp_path / "one", micro_batch_size=4, total_batch_tokens=8 * 32, max_steps=6,
                          eval_every=6, save_every=0)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no"]
-    one = subprocess.run([*launch, "--num_processes", "1", "run_pretrain.py", *base], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True)
+    env = {**os.environ, **CPU_LAUNCH_ENV}
+    one = subprocess.run(launch_command("run_pretrain.py", 1, *base), cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True)
     assert one.returncode == 0, one.stderr[-3000:]
     two_args = [a.replace(str(tmp_path / "one"), str(tmp_path / "two")) for a in base]
-    two = subprocess.run([*launch, "--multi_gpu", "--num_processes", "2", "run_pretrain.py", *two_args],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    two = subprocess.run(launch_command("run_pretrain.py", 2, *two_args), cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stdout and "accumulation 1" in two.stdout, two.stdout[-2000:]
     assert "1 processes" in one.stdout and "accumulation 2" in one.stdout

@@ -1,4 +1,6 @@
-"""Accelerate set up for the run: mixed precision, trackers, torch.compile and DDP settings."""
+"""Accelerate set up for the run: mixed precision, trackers, torch.compile and DDP settings; and how to launch it."""
+
+import sys
 
 import torch
 from accelerate import Accelerator
@@ -29,3 +31,15 @@ def build_accelerator(config: RunConfig) -> Accelerator:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator
+
+
+# What `accelerate launch` needs on a machine without GPUs: gloo processes of one thread each.
+CPU_LAUNCH_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def launch_command(script: str, num_processes: int, *args: str) -> list[str]:
+    """`accelerate launch` of `script` on one machine, precision and compilation left to the run's own settings
+    (the command line a user types, as argv)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", *(["--multi_gpu"] if num_processes > 1 else []),
+            "--num_processes", str(num_processes), script, *args]

@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from eval.val_loss import DEFAULT_EVAL_TOKENS
+
 
 class ConfigError(Exception):
     """A configuration that cannot run: reported on one line before any GPU time is spent."""
@@ -86,8 +88,8 @@ class LoggingArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a directory of another run."})
     log_every: int = field(default=10, metadata={"help": "Optimizer steps between logged training metrics."})
     eval_every: int = field(default=250, metadata={"help": "Steps between validation losses (0: only at the end)."})
-    eval_tokens: int = field(default=10_485_760, metadata={"help": "Validation tokens per evaluation, for any "
-                                                           "number of processes."})
+    eval_tokens: int = field(default=DEFAULT_EVAL_TOKENS, metadata={"help": "Validation tokens per evaluation, for "
+                                                                    "any number of processes."})
     sample_every: int = field(default=250, metadata={"help": "Steps between text samples (0: never)."})
     sample_prompt: str = "Hello, I'm a language model,"
     num_samples: int = 4

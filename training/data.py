@@ -8,8 +8,15 @@ import torch
 from accelerate import Accelerator
 
 from eval import hellaswag
+from formats.packed_data import (
+    NotPreparedError,
+    PackedRows,
+    inputs_and_targets,
+    load_splits,
+    load_tokenizer,
+    read_metadata,
+)
 from training.arguments import ConfigError, RunConfig
-from training.packed_data import NotPreparedError, PackedRows, load_splits, load_tokenizer, read_metadata
 
 
 class RowBatches(torch.utils.data.Dataset):
@@ -33,8 +40,7 @@ class RowBatches(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.from_numpy(self.rows.take(np.sort(indices)).astype(np.int64))  # (B, block_size + 1)
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs, aligned targets
+        return inputs_and_targets(self.rows.take(np.sort(indices)))
 
 
 class TrainBatchOrder(torch.utils.data.Sampler):

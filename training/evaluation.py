@@ -5,19 +5,15 @@ import torch
 from accelerate import Accelerator
 
 from eval import hellaswag
-from eval.val_loss import row_batches, validation_loss
+from eval.val_loss import row_batches, validation_loss, validation_rows
 from training.arguments import RunConfig
 from training.data import TrainingData
 
 
-def validation_rows(data: TrainingData, config: RunConfig) -> int:
-    """How many validation rows make up `eval_tokens` (all of them, if the split is smaller)."""
-    return min(len(data.validation), max(1, config.logging.eval_tokens // data.block_size))
-
-
 def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> float:
     """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes."""
-    mine = np.arange(accelerator.process_index, validation_rows(data, config), accelerator.num_processes)
+    rows = validation_rows(len(data.validation), config.logging.eval_tokens, data.block_size)
+    mine = np.arange(accelerator.process_index, rows, accelerator.num_processes)
     batches = row_batches(data.validation.rows, mine, config.data.micro_batch_size)
     return validation_loss(model, batches, accelerator)
 

@@ -8,12 +8,13 @@ import yaml
 from accelerate import Accelerator
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
-from eval.plot import plot_run, read_log
+from eval.plot import plot_run
+from eval.val_loss import validation_rows
+from formats.packed_data import FINEWEB_EDU, is_local_source
+from formats.run_log import LOG_FILE, read_log
 from training.arguments import ConfigError, RunConfig
 from training.data import TrainingData
-from training.evaluation import eager_module, validation_rows
-from training.measurement import LOG_FILE
-from training.packed_data import FINEWEB_EDU, is_local_source
+from training.evaluation import eager_module
 
 HUB_EXIT_CODE = 5  # trained and saved, but the upload failed
 
@@ -60,7 +61,7 @@ def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, s
     scores, eval_results = [], []
     if log.get("eval"):
         evaluation = log["eval"][-1]
-        tokens = validation_rows(data, config) * data.block_size
+        tokens = validation_rows(len(data.validation), config.logging.eval_tokens, data.block_size) * data.block_size
         scores.append(f"| validation loss, {tokens:,} held-out tokens (step {evaluation['step']:,}) | "
                       f"{evaluation['val_loss']:.4f} |")
         eval_results.append(EvalResult(

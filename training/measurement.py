@@ -1,17 +1,12 @@
-"""What the loop measures: model FLOPs, MFU against the device's peak, tokens/s, and the run's log."""
+"""What the loop measures: model FLOPs, MFU against the device's peak, tokens/s."""
 
-import json
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
 from configuration import GPT2ScratchConfig
-
-LOG_FILE = "log.jsonl"  # one JSON record per line: train, eval, hellaswag, samples, nonfinite, resume
-
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against the device name.
 PEAK_BF16_FLOPS = {
@@ -36,24 +31,6 @@ def flops_per_token(config: GPT2ScratchConfig, seq_len: int) -> float:
     rows included and its padding rows not, plus attention's scores and mixing over `seq_len` positions."""
     matmul_weights = 12 * config.n_layer * config.n_embd**2 + config.vocab_size * config.n_embd
     return 6 * matmul_weights + 12 * config.n_layer * config.n_embd * seq_len
-
-
-class RunLog:
-    """Metrics to the trackers and one JSON object per line in output_dir/log.jsonl (main process only)."""
-
-    def __init__(self, accelerator: Accelerator, output_dir: Path):
-        self.accelerator = accelerator
-        self.path = output_dir / LOG_FILE
-
-    def write(self, kind: str, step: int, **values):
-        if not self.accelerator.is_main_process:
-            return
-        record = {"type": kind, "step": step, "time": time.time(), **values}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        numeric = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and v is not None}
-        if numeric:
-            self.accelerator.log(numeric, step=step)
 
 
 class ThroughputMeter:

@@ -23,10 +23,11 @@ from accelerate.utils import DistributedType
 from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_wsd_schedule
 
+from modeling_gpt2_scratch import CONV1D_WEIGHT_SUFFIXES
 from training.arguments import ConfigError, RunConfig
 
-# Muon trains these (names end so); every other parameter is AdamW's.
-HIDDEN_MATRICES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Muon trains the blocks' matrices (OpenAI's Conv1D weights, names ending so); every other parameter is AdamW's.
+HIDDEN_MATRICES = CONV1D_WEIGHT_SUFFIXES
 QKV_MATRIX = "attn.c_attn.weight"
 MUON_MOMENTUM_START = 0.85  # where the momentum warm-up begins
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow as pa
+import torch
 
 METADATA_FILE = "prepare_metadata.json"
 TOKENIZER_SUBDIR = "tokenizer"
@@ -39,6 +40,13 @@ def row_features(dtype: str, block_size: int) -> datasets.Features:
 def rows_table(rows: np.ndarray) -> pa.Table:
     """(n, block_size + 1) token rows as an Arrow table in the split's layout."""
     return pa.table({TOKENS_COLUMN: pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), rows.shape[1])})
+
+
+def inputs_and_targets(rows: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, block_size + 1) rows -> inputs `row[:-1]` and their aligned targets `row[1:]`, int64 and contiguous
+    (stock transformers models `.view()` their labels)."""
+    batch = torch.from_numpy(rows.astype(np.int64)) if isinstance(rows, np.ndarray) else rows.long()
+    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
 
 def is_local_source(source: dict) -> bool:

@@ -1,0 +1,47 @@
+"""The pipeline over a cached corpus: tokenize every document, hold out whole documents, pack each split.
+
+Each step is a `datasets` operation that keeps memory bounded and is cached by a fingerprint of its input
+and of every argument that changes its output, so a repeated preparation reuses the tokenized documents.
+"""
+
+from pathlib import Path
+
+import datasets
+import pyarrow.compute as pc
+from datasets.fingerprint import Hasher
+
+from preparation import PrepareError
+from preparation.packing import pack_documents
+from preparation.splits import PreparedSplits, carve_validation_rows, split_documents, split_statistics
+from preparation.tokenizer import DocumentTokenizer
+
+
+def prepare_cached(corpus: datasets.Dataset, tokenize: DocumentTokenizer, output_dir: Path, *, block_size: int,
+                   requested_val_tokens: int | None, seed: int, num_proc: int, corpus_name: str,
+                   cache_key: list) -> PreparedSplits:
+    """Tokenize, split, pack and save the splits into `output_dir`."""
+    num_proc = max(1, min(num_proc, len(corpus)))
+    tokenized = corpus.with_format("arrow").map(
+        tokenize, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=[tokenize.text_column],
+        desc="Tokenizing", new_fingerprint=step_fingerprint(corpus, "tokenize", cache_key),
+    )
+    replacement_chars = int(pc.sum(tokenized.data.column("replacement_chars")).as_py() or 0)
+    tokenized = tokenized.remove_columns("replacement_chars")
+    doc_ids, counts, val_tokens = split_documents(tokenized, requested_val_tokens, block_size, seed, corpus_name)
+    packed = datasets.DatasetDict({
+        name: pack_documents(tokenized, ids, block_size, num_proc, name,
+                             step_fingerprint(tokenized, f"pack-{name}", cache_key))
+        for name, ids in doc_ids.items()
+    })
+    if "validation" not in packed:  # one document: its stream is cut in two
+        packed, counts = carve_validation_rows(packed["train"], counts, val_tokens, block_size)
+    if len(packed["train"]) == 0:
+        raise PrepareError(f"the corpus is too small for one training row of {block_size + 1} tokens")
+    packed.save_to_disk(str(output_dir), num_proc=None)
+    rows = {name: len(split) for name, split in packed.items()}
+    return PreparedSplits(split_statistics(counts, rows, block_size), val_tokens, replacement_chars)
+
+
+def step_fingerprint(dataset: datasets.Dataset, step: str, cache_key: list) -> str:
+    """Cache key of a map step: its input's fingerprint and everything that changes its output."""
+    return Hasher.hash([dataset._fingerprint, step, *cache_key])

@@ -1,0 +1,63 @@
+"""A token stream cut into training rows: `block_size + 1` tokens a row, stride `block_size`.
+
+Inputs are `row[:-1]`, targets `row[1:]`, so neighbouring rows share one token and every token of the
+stream but the first is a target exactly once.
+"""
+
+import math
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from formats.packed_data import rows_table
+
+# Documents packed together; a group leaves fewer than block_size tokens untargeted (0.1% of a FineWeb group).
+PACK_GROUP_DOCUMENTS = 10_000
+
+
+def pack_stream(stream: np.ndarray, block_size: int) -> np.ndarray:
+    """Rows i = stream[i * block_size : (i + 1) * block_size + 1]: (rows, block_size + 1), neighbours sharing a token.
+
+    The tokens after the last row's end (fewer than block_size) are left over; stream[rows * block_size:]
+    is where a continuing stream picks up.
+    """
+    rows = max(0, (len(stream) - 1) // block_size)
+    if rows == 0:
+        return np.empty((0, block_size + 1), dtype=stream.dtype)
+    windows = np.lib.stride_tricks.sliding_window_view(stream, block_size + 1)
+    return np.ascontiguousarray(windows[::block_size][:rows])
+
+
+class BlockPacker:
+    """`datasets.map` function over group numbers: group g packs documents `doc_ids[g * G : (g + 1) * G]`
+    into rows of block_size + 1 tokens with stride block_size.
+
+    Groups are fixed by document, not by worker, so the output is the same for any `num_proc`. Rows
+    never cross a group boundary; what a group leaves over (fewer than block_size tokens) is never a
+    target, and is counted by the caller.
+    """
+
+    def __init__(self, documents: datasets.Dataset, doc_ids: np.ndarray, block_size: int, group_documents: int):
+        self.documents, self.doc_ids = documents, doc_ids
+        self.block_size, self.group_documents = block_size, group_documents
+
+    def __call__(self, batch: dict) -> pa.Table:
+        (group,) = batch["group"]
+        ids = self.doc_ids[group * self.group_documents : (group + 1) * self.group_documents]
+        stream = pc.list_flatten(self.documents.data.column("input_ids").take(pa.array(ids))).to_numpy()
+        return rows_table(pack_stream(stream, self.block_size))
+
+
+def pack_documents(documents: datasets.Dataset, doc_ids: np.ndarray, block_size: int, num_proc: int, name: str,
+                   fingerprint: str) -> datasets.Dataset:
+    """The rows of the documents at `doc_ids` (tokenized, in `input_ids`), packed group by group."""
+    groups = math.ceil(len(doc_ids) / PACK_GROUP_DOCUMENTS)
+    # Packing runs at memory speed: worker processes pay off only when each gets several groups.
+    workers = max(1, min(num_proc, groups // 8))
+    return datasets.Dataset.from_dict({"group": list(range(groups))}).map(
+        BlockPacker(documents, doc_ids, block_size, PACK_GROUP_DOCUMENTS), batched=True, batch_size=1,
+        num_proc=workers if workers > 1 else None, remove_columns=["group"], desc=f"Packing {name}",
+        new_fingerprint=fingerprint,
+    )

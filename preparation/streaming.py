@@ -1,0 +1,122 @@
+"""The pipeline over a stream (`--streaming`): disk holds only the packed output, never the source.
+
+A process pool tokenizes batches of documents in order; rows are cut from the running token stream and
+written to Arrow as they come, so only the stream's last partial row is left untargeted. Validation is
+the stream's first documents, up to the first document boundary past the validation budget.
+"""
+
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets.arrow_writer import ArrowWriter
+from datasets.utils import tqdm as datasets_tqdm  # tqdm that follows datasets' progress-bar switch
+
+from formats.packed_data import row_features, rows_table
+from preparation import PrepareError
+from preparation.packing import pack_stream
+from preparation.splits import PreparedSplits, split_statistics, validation_budget
+from preparation.tokenizer import DocumentTokenizer
+
+STREAM_BATCH_DOCUMENTS = 1000
+
+# A pool worker's tokenizer, installed once by the pool's initializer (the pool needs a module-level function).
+_worker_tokenizer: DocumentTokenizer | None = None
+
+
+def _install_tokenizer(tokenize: DocumentTokenizer):
+    global _worker_tokenizer
+    _worker_tokenizer = tokenize
+
+
+def _tokenize_in_worker(batch: pa.Table) -> pa.Table:
+    return _worker_tokenizer(batch)
+
+
+def tokenizer_pool(tokenize: DocumentTokenizer, num_proc: int):
+    """Workers that each receive the tokenizer once and build its encoder once."""
+    # Not fork: a streaming source may run threads (HTTP, fsspec). A fork server imports this module once
+    # and forks each worker from it; spawned workers would each import it, one after another.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context.Pool(num_proc, initializer=_install_tokenizer, initargs=(tokenize,))
+
+
+class StreamedSplit:
+    """Rows of one split, packed from a document stream as the pool tokenizes it; stops at the first
+    document boundary past `token_budget`, if one is given."""
+
+    def __init__(self, documents, pool, text_column: str, block_size: int, dtype: str,
+                 token_budget: int | None = None):
+        self.documents, self.pool, self.text_column = documents, pool, text_column
+        self.block_size, self.dtype, self.token_budget = block_size, dtype, token_budget
+        self.counts = {"documents": 0, "tokens": 0, "replacement_chars": 0, "rows": 0}
+
+    def _text_batches(self):
+        for batch in self.documents.select_columns([self.text_column]).iter(batch_size=STREAM_BATCH_DOCUMENTS):
+            yield pa.table(batch)
+
+    def packed_batches(self):
+        """(n, block_size + 1) arrays of rows, one per tokenized batch of documents."""
+        carry = np.empty(0, dtype=self.dtype)
+        for table in self.pool.imap(_tokenize_in_worker, self._text_batches()):
+            lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+            if self.token_budget is not None:  # keep documents up to the first one that fills the budget
+                needed = self.token_budget - self.counts["tokens"]
+                table = table.slice(0, int(np.searchsorted(np.cumsum(lengths), needed)) + 1)
+                lengths = lengths[: table.num_rows]
+            self.counts["documents"] += table.num_rows
+            self.counts["tokens"] += int(lengths.sum())
+            self.counts["replacement_chars"] += int(pc.sum(table.column("replacement_chars")).as_py() or 0)
+            stream = np.concatenate([carry, pc.list_flatten(table.column("input_ids")).to_numpy()])
+            packed = pack_stream(stream, self.block_size)
+            carry = stream[len(packed) * self.block_size :] if len(packed) else stream
+            self.counts["rows"] += len(packed)
+            yield packed
+            if self.token_budget is not None and self.counts["tokens"] >= self.token_budget:
+                return
+
+
+def write_split(split: StreamedSplit, features, path: Path, too_short: PrepareError) -> datasets.Dataset:
+    """The split's rows into one Arrow file as they are packed, a whole batch of rows at a time."""
+    with (ArrowWriter(features=features, path=str(path)) as writer,
+          datasets_tqdm(desc=f"Streaming {path.stem}", unit=" tokens", unit_scale=True, total=split.token_budget)
+          as progress):
+        for packed in split.packed_batches():
+            writer.write_table(rows_table(packed))
+            progress.update(split.counts["tokens"] - progress.n)
+        writer.finalize()
+    if not split.counts["rows"]:
+        raise too_short
+    return datasets.Dataset.from_file(str(path))
+
+
+def prepare_streamed(stream: datasets.IterableDataset, tokenize: DocumentTokenizer, output_dir: Path, *,
+                     block_size: int, requested_val_tokens: int | None, num_proc: int) -> PreparedSplits:
+    """Validation from the stream's first documents, training from the rest; both saved into `output_dir`."""
+    val_tokens = validation_budget(requested_val_tokens, None, block_size)
+    features = row_features(tokenize.dtype, block_size)
+    too_short = PrepareError(f"the stream ended before {val_tokens:,} validation tokens and one training row; "
+                             "pass a smaller --val_tokens")
+    scratch = output_dir / "stream_cache"  # each split's rows as they are packed, before save_to_disk
+    scratch.mkdir()
+    column, dtype = tokenize.text_column, tokenize.dtype
+    with tokenizer_pool(tokenize, num_proc) as pool:  # one pool for both splits: workers start once
+        parts = {"validation": StreamedSplit(stream, pool, column, block_size, dtype, val_tokens)}
+        built = {"validation": write_split(parts["validation"], features, scratch / "validation.arrow", too_short)}
+        if parts["validation"].counts["tokens"] < val_tokens:
+            raise too_short
+        held_out = parts["validation"].counts["documents"]
+        parts["train"] = StreamedSplit(stream.skip(held_out), pool, column, block_size, dtype)
+        built["train"] = write_split(parts["train"], features, scratch / "train.arrow", too_short)
+    datasets.DatasetDict(built).save_to_disk(str(output_dir))
+    shutil.rmtree(scratch)
+    counts = {name: {"documents": part.counts["documents"], "tokens": part.counts["tokens"]}
+              for name, part in parts.items()}
+    rows = {name: part.counts["rows"] for name, part in parts.items()}
+    replacement_chars = sum(part.counts["replacement_chars"] for part in parts.values())
+    return PreparedSplits(split_statistics(counts, rows, block_size), val_tokens, replacement_chars)
