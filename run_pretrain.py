@@ -13,6 +13,7 @@ loop trains, evaluates and checkpoints; each ingredient lives in its own module 
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,12 +30,12 @@ from training.arguments import ConfigError, RunConfig, parse_config
 from training.checkpoints import (
     CheckpointError,
     check_disk_space,
-    check_output_dir,
+    check_run_directory,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
 )
-from training.data import TrainingData, build_data, data_fingerprint, train_batches
+from training.data import TrainingData, batch_order, build_data, data_fingerprint, train_batches
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.final_model import create_hub_repo, push_final_model, save_final_model
 from training.measurement import ThroughputMeter
@@ -44,7 +45,21 @@ from training.step import finish_step, train_step
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
 NONFINITE_EXIT_CODE = 3
 CHECKPOINT_EXIT_CODE = 4
-KILL_AFTER_STEP = int(os.environ.get("RUN_PRETRAIN_KILL_AFTER_STEP", "0"))
+
+
+@dataclass
+class Run:
+    """What one training run's steps and periodic jobs share."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared: DDP-wrapped and compiled when so configured
+    optimizers: Optimizers
+    data: TrainingData
+    output_dir: Path
+    log: RunLog
+    start_step: int = 0
+    progress: tqdm | None = None  # the training bar, which also carries the jobs' messages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: RunConfig) -> int:
     output_dir = Path(config.logging.output_dir)
     resume_from = check_before_start(config, output_dir)
+    if config.hub.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        create_hub_repo(config)  # as transformers' Trainer does: a refused token or name fails before training
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch, torchrun, or the SLURM script
     data = build_data(config, world_size)
     accelerator = build_accelerator(config)
@@ -78,12 +95,13 @@ def run(config: RunConfig) -> int:
     if resume_from is not None:
         start_step = load_checkpoint(accelerator, resume_from, data_fingerprint(data), config.data.data_dir)
     log = start_log(config, accelerator, output_dir, resume_from, start_step)
+    state = Run(config, accelerator, model, optimizers, data, output_dir, log, start_step)
     accelerator.print(
         f"{accelerator.unwrap_model(model).num_parameters():,} parameters, {accelerator.num_processes} processes, "
         f"micro-batch {config.data.micro_batch_size} x {data.block_size}, accumulation {data.accumulation}, "
         f"{config.data.total_batch_tokens:,} tokens per step, {len(data.train):,} training rows"
     )
-    status = train(config, accelerator, model, optimizers, data, start_step, output_dir, log)
+    status = train(state)
     if status == 0:
         final_dir = save_final_model(model, data, config, accelerator, output_dir)
         accelerator.print(f"saved {final_dir}")
@@ -101,9 +119,7 @@ def check_before_start(config: RunConfig, output_dir: Path) -> Path | None:
     if config.hub.push_to_hub and config.hub.hub_format == "gpt2" and not config.checkpointing.export_gpt2:
         raise ConfigError("--hub_format gpt2 pushes the stock GPT-2 export; it needs --export_gpt2 true")
     resume_from = resolve_resume(config, output_dir)
-    check_output_dir(config, output_dir, resuming=resume_from is not None)
-    if config.hub.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
-        create_hub_repo(config)
+    check_run_directory(config, output_dir, resuming=resume_from is not None)
     return resume_from
 
 
@@ -143,73 +159,103 @@ def build_model(config: RunConfig, data: TrainingData) -> GPT2ScratchForCausalLM
     return GPT2ScratchForCausalLM(model_config)
 
 
-def train(config: RunConfig, accelerator: Accelerator, model, optimizers: Optimizers, data: TrainingData,
-          start_step: int, output_dir: Path, log: RunLog) -> int:
+def train(run: Run) -> int:
     """The loop; returns the process exit code (0, preempted, or non-finite)."""
-    o, lg = config.optimization, config.logging
-    batches = train_batches(data, config, accelerator, start_step)
-    unwrapped = accelerator.unwrap_model(model)
-    meter = ThroughputMeter(unwrapped.config, data.block_size, config.data.total_batch_tokens, accelerator)
-    steps_per_epoch = len(data.train) // data.rows_per_step
+    config, accelerator = run.config, run.accelerator
+    o = config.optimization
+    order = batch_order(run.data, config, accelerator.process_index, run.start_step)
+    batches = train_batches(run.data, order, config, accelerator)
+    meter = ThroughputMeter(accelerator.unwrap_model(run.model).config, run.data.block_size,
+                            config.data.total_batch_tokens, accelerator)
     preemption = PreemptionFlag()
-    loss_sum, good_steps = torch.zeros((), device=accelerator.device), 0  # since the last report
-    progress = tqdm(range(start_step, o.max_steps), initial=start_step, total=o.max_steps,
-                    disable=not accelerator.is_main_process, desc="Training", dynamic_ncols=True)
-    for step in progress:
+    window = LossWindow(accelerator.device)
+    run.progress = tqdm(range(run.start_step, o.max_steps), initial=run.start_step, total=o.max_steps,
+                        disable=not accelerator.is_main_process, desc="Training", dynamic_ncols=True)
+    for step in run.progress:
         done = step + 1
-        result = train_step(model, optimizers, batches, data.accumulation, config, accelerator)
-        nonfinite, preempted = finish_step(optimizers, result, preemption.raised, accelerator)
+        result = train_step(run.model, batches, run.data.accumulation, config, accelerator)
+        nonfinite, preempted = finish_step(run.optimizers, result, preemption.raised, accelerator)
         if nonfinite:
-            log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
-                      grad_norm=result.grad_norm.item())
+            run.log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
+                          grad_norm=result.grad_norm.item())
             if o.on_nonfinite == "stop":
                 accelerator.print(f"step {done}: non-finite loss or gradient norm; stopping without saving")
                 return NONFINITE_EXIT_CODE
         else:
-            loss_sum += result.loss
-            good_steps += 1
-        optimizers.schedule_step()
+            window.add(result.loss)
+        run.optimizers.schedule_step()
         meter.steps += 1
-
-        if is_due(done, lg.log_every, o.max_steps):
-            mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / good_steps if good_steps else None
-            metrics = dict(loss=mean_loss, lr=optimizers.param_groups[0]["lr"], grad_norm=result.grad_norm.item(),
-                           epoch=step // steps_per_epoch, **meter.report())
-            log.write("train", done, **metrics)
-            progress.set_postfix(loss=f"{mean_loss:.4f}" if mean_loss else "-", lr=f"{metrics['lr']:.2e}",
-                                 gnorm=f"{metrics['grad_norm']:.2f}", tok_s=f"{metrics['tokens_per_second']:,.0f}",
-                                 **({"mfu": f"{metrics['mfu']:.1%}"} if metrics["mfu"] else {}))
-            loss_sum.zero_()
-            good_steps = 0
+        if is_due(done, config.logging.log_every, o.max_steps):
+            log_training(run, done, window.mean(accelerator), result.grad_norm.item(), order.epoch_of(step),
+                         meter.report())
         with meter.paused():
-            evaluate_sample_and_save(done, preempted, model, data, config, accelerator, output_dir, log, progress)
+            run_periodic_jobs(run, done, must_save=preempted)
         if preempted:
             accelerator.print(f"step {done}: preemption signal received; checkpoint saved, exiting")
             return PREEMPTED_EXIT_CODE
-        if done == KILL_AFTER_STEP:  # fault injection for the resume tests: die as `kill -9` would
-            os.kill(os.getpid(), signal.SIGKILL)
     return 0
 
 
-def evaluate_sample_and_save(done: int, must_save: bool, model, data: TrainingData, config: RunConfig,
-                             accelerator: Accelerator, output_dir: Path, log: RunLog, progress):
-    """The periodic work after optimizer step `done`: validation loss, HellaSwag, samples, checkpoint, as due."""
-    lg, last = config.logging, config.optimization.max_steps
+class LossWindow:
+    """The training loss summed on the device since the last report: read back only when logged."""
+
+    def __init__(self, device: torch.device):
+        self.total, self.steps = torch.zeros((), device=device), 0
+
+    def add(self, loss: torch.Tensor):
+        self.total += loss
+        self.steps += 1
+
+    def mean(self, accelerator: Accelerator) -> float | None:
+        """The mean over the window and every process; None if every step of the window was skipped."""
+        mean = accelerator.reduce(self.total, reduction="mean").item() / self.steps if self.steps else None
+        self.total.zero_()
+        self.steps = 0
+        return mean
+
+
+def log_training(run: Run, done: int, loss: float | None, grad_norm: float, epoch: int, speed: dict):
+    metrics = dict(loss=loss, lr=run.optimizers.param_groups[0]["lr"], grad_norm=grad_norm, epoch=epoch, **speed)
+    run.log.write("train", done, **metrics)
+    run.progress.set_postfix(loss=f"{loss:.4f}" if loss else "-", lr=f"{metrics['lr']:.2e}",
+                             gnorm=f"{grad_norm:.2f}", tok_s=f"{speed['tokens_per_second']:,.0f}",
+                             **({"mfu": f"{speed['mfu']:.1%}"} if speed["mfu"] else {}))
+
+
+def run_periodic_jobs(run: Run, done: int, must_save: bool):
+    """What is due after optimizer step `done`: validation loss, HellaSwag, samples, a checkpoint."""
+    lg, last = run.config.logging, run.config.optimization.max_steps
     if is_due(done, lg.eval_every, last):
-        val_loss = evaluate_loss(model, data, config, accelerator)
-        log.write("eval", done, val_loss=val_loss)
-        if accelerator.is_main_process:
-            progress.write(f"step {done}: validation loss {val_loss:.4f}")
+        validate(run, done)
     if lg.hellaswag_every and is_due(done, lg.hellaswag_every, last):
-        log.write("hellaswag", done, **evaluate_hellaswag(model, data, config, accelerator))
+        score_hellaswag(run, done)
     if lg.sample_every and lg.num_samples and is_due(done, lg.sample_every, last):
-        samples = generate_samples(model, data.tokenizer, config, accelerator, done)
-        log.write("samples", done, samples=samples)
-        if accelerator.is_main_process:
-            progress.write("\n".join(f"sample {i}: {text!r}" for i, text in enumerate(samples)))
-    if is_due(done, config.checkpointing.save_every, last) or must_save:
-        save_checkpoint(accelerator, output_dir, done, config.checkpointing.keep_last,
-                        {"data_fingerprint": data_fingerprint(data)})
+        write_samples(run, done)
+    if is_due(done, run.config.checkpointing.save_every, last) or must_save:
+        checkpoint(run, done)
+
+
+def validate(run: Run, done: int):
+    val_loss = evaluate_loss(run.model, run.data, run.config, run.accelerator)
+    run.log.write("eval", done, val_loss=val_loss)
+    if run.accelerator.is_main_process:
+        run.progress.write(f"step {done}: validation loss {val_loss:.4f}")
+
+
+def score_hellaswag(run: Run, done: int):
+    run.log.write("hellaswag", done, **evaluate_hellaswag(run.model, run.data, run.config, run.accelerator))
+
+
+def write_samples(run: Run, done: int):
+    samples = generate_samples(run.model, run.data.tokenizer, run.config, run.accelerator, done)
+    run.log.write("samples", done, samples=samples)
+    if run.accelerator.is_main_process:
+        run.progress.write("\n".join(f"sample {i}: {text!r}" for i, text in enumerate(samples)))
+
+
+def checkpoint(run: Run, done: int):
+    save_checkpoint(run.accelerator, run.output_dir, done, run.config.checkpointing.keep_last,
+                    {"data_fingerprint": data_fingerprint(run.data)})
 
 
 def is_due(step: int, every: int, last_step: int) -> bool:

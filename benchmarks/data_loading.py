@@ -8,6 +8,7 @@ rate with what one GPU consumes at the throughput goal (500,000 tokens/s for GPT
 """
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -17,18 +18,21 @@ from accelerate import Accelerator
 
 from formats.packed_data import read_metadata
 from training.arguments import parse_config
-from training.data import build_data, train_batches
+from training.data import batch_order, build_data, train_batches
 
 GPU_TOKENS_PER_SECOND = 500_000  # the per-GPU goal of benchmarks/throughput.py
 
 
-def loader_rate(data_dir: str, micro_batch: int, workers: int, batches: int, repeats: int) -> float:
-    """Median tokens/s over `repeats` windows of `batches` micro-batches, after the workers have started."""
+def loader_rate(data_dir: str, micro_batch: int, workers: int, batches: int, repeats: int) -> tuple[float, str]:
+    """Median tokens/s over `repeats` windows of `batches` micro-batches, after the workers have started; and
+    the sha256 of the first micro-batch's inputs (what the loop would train on first)."""
     block_size = read_metadata(data_dir)["block_size"]
     config = parse_config(["--data_dir", data_dir, "--micro_batch_size", str(micro_batch), "--dataloader_workers",
                            str(workers), "--total_batch_tokens", str(micro_batch * block_size), "--report_to", "none"])
     data = build_data(config, world_size=1)
-    stream = train_batches(data, config, Accelerator(cpu=True), start_step=0)
+    stream = train_batches(data, batch_order(data, config, rank=0, start_step=0), config, Accelerator(cpu=True))
+    first_inputs, _targets = next(stream)
+    first = hashlib.sha256(first_inputs.numpy().tobytes()).hexdigest()
     for _ in range(2 * max(workers, 1)):
         next(stream)
     rates = []
@@ -37,7 +41,7 @@ def loader_rate(data_dir: str, micro_batch: int, workers: int, batches: int, rep
         for _ in range(batches):
             inputs, _targets = next(stream)
         rates.append(batches * inputs.numel() / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return statistics.median(rates), first
 
 
 def main(argv=None) -> dict:
@@ -51,8 +55,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     results = []
     for workers in [int(w) for w in args.workers.split(",")]:
-        rate = loader_rate(args.data_dir, args.micro_batch, workers, args.batches, args.repeats)
-        results.append({"workers": workers, "tokens_per_second": rate, "gpus_fed": rate / GPU_TOKENS_PER_SECOND})
+        rate, first = loader_rate(args.data_dir, args.micro_batch, workers, args.batches, args.repeats)
+        results.append({"workers": workers, "tokens_per_second": rate, "gpus_fed": rate / GPU_TOKENS_PER_SECOND,
+                        "first_batch_sha256": first})
         print(f"{workers} workers: {rate:>14,.0f} tokens/s = {rate / GPU_TOKENS_PER_SECOND:,.1f} x one GPU's "
               f"{GPU_TOKENS_PER_SECOND:,} tokens/s")
     report = {"data_dir": args.data_dir, "micro_batch": args.micro_batch, "results": results}

@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     args, throughput_args = parser.parse_known_args(argv)
     counts = [int(n) for n in args.processes.split(",")]
     throughput_args += ["--tiny"] if args.tiny else []
-    runs = {}
+    runs, launched = {}, {}  # per-process tokens/s, and the processes each report says took part
     with tempfile.TemporaryDirectory() as scratch:
         for n in counts:
             report = launch_throughput(n, throughput_args, args.tiny, Path(scratch) / f"{n}.json")
@@ -49,9 +49,11 @@ def main(argv=None) -> dict:
             if "error" in result:
                 raise SystemExit(f"{n} processes: {result['error']}")
             runs[n] = result["tokens_per_second_per_process"]
+            launched[n] = report["processes"]
     base = runs[counts[0]]
     scaling = {"device": report["device"], "setting": report["setting"], "runs": [
-        {"processes": n, "tokens_per_second": rate * n, "tokens_per_second_per_process": rate,
+        {"processes": n, "processes_reported": launched[n], "tokens_per_second": rate * n,
+         "tokens_per_second_per_process": rate,
          "efficiency": rate / base} for n, rate in runs.items()]}
     for run in scaling["runs"]:
         print(f"{run['processes']:>3} processes: {run['tokens_per_second']:>12,.0f} tokens/s, "

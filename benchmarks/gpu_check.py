@@ -224,6 +224,7 @@ def sdpa_kernels_that_run(device: torch.device) -> dict:
 
 def stage_correctness(stage: Stage) -> dict:
     from configuration import GPT2ScratchConfig
+    from formats.packed_data import inputs_and_targets
     from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 
     plan, device = stage.plan, the_device()
@@ -234,7 +235,7 @@ def stage_correctness(stage: Stage) -> dict:
     ours = ours.to(device)
     stock = ours.to_gpt2()  # the same weights in OpenAI's layout
     ids = torch.randint(0, plan.vocab, (plan.correctness_batch, plan.seq_len + 1), device=device)
-    inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()  # stock models .view() their labels
+    inputs, targets = inputs_and_targets(ids)
     batch = dict(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False)
 
     eval_fp32 = {name: forward(model, batch, bf16=False) for name, model in (("ours", ours), ("stock", stock))}
@@ -275,7 +276,7 @@ def stage_correctness(stage: Stage) -> dict:
     stage.keep({"checks": dict(checks), "attention": attention})
     # At the throughput stage's shape: its compile of ours then finds this one in inductor's on-disk cache.
     ids = torch.randint(0, plan.vocab, (plan.micro_batch, plan.seq_len + 1), device=device)
-    compiled = compiled_against_eager(copy.deepcopy(ours), plan, ids[:, :-1].contiguous(), ids[:, 1:].contiguous())
+    compiled = compiled_against_eager(copy.deepcopy(ours), plan, *inputs_and_targets(ids))
     checks["compiled and eager training losses agree within 1% (bf16)"] = compiled["max_relative_gap"] <= 1e-2
     memory = fused_loss_memory(ours, batch, device)
     if memory is not None:
@@ -386,7 +387,7 @@ def compiled_against_eager(model, plan: Plan, inputs: torch.Tensor, targets: tor
         batches = iter(lambda: (inputs, targets), None)
         losses[name] = []
         for _ in range(steps):
-            result = train_step(prepared, optimizers, batches, 1, config, accelerator)
+            result = train_step(prepared, batches, 1, config, accelerator)
             finish_step(optimizers, result, False, accelerator)
             optimizers.schedule_step()
             losses[name].append(result.loss.item())

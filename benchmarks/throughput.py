@@ -38,6 +38,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks import optimizer_comparison
 from configuration import GPT2ScratchConfig
+from formats.packed_data import inputs_and_targets
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import build_accelerator
 from training.arguments import ModelArguments, OptimizationArguments, parse_config, read_yaml_config
@@ -161,11 +162,11 @@ def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
     optimizer = build_optimizer(model, run_config, device)
     model = optimizer.prepare(model, accelerator)  # compiles when the run config says so
     batch = torch.randint(0, args.vocab, (args.micro_batch, args.seq_len + 1), device=device)
-    inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+    inputs, targets = inputs_and_targets(batch)
     batches = iter(lambda: (inputs, targets), None)
 
     def run_step():
-        result = train_step(model, optimizer, batches, args.accumulation, run_config, accelerator)
+        result = train_step(model, batches, args.accumulation, run_config, accelerator)
         finish_step(optimizer, result, False, accelerator)
 
     if device.type == "cuda":
@@ -199,7 +200,7 @@ def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
     result["mfu_vs_measured_matmul"] = model_flops / (args.matmul * n) if args.matmul else None
     if not args.compile:  # a dispatch mode sees eager operators only
         with HostReads() as reads:
-            train_step(model, optimizer, batches, args.accumulation, run_config, accelerator)
+            train_step(model, batches, args.accumulation, run_config, accelerator)
         optimizer.zero_grad(set_to_none=True)
         result["host_reads_in_train_step"] = reads.count
     if device.type == "cuda":  # the loop's whole step, finish_step's deliberate flag agreement included

@@ -2,6 +2,7 @@
 and the same training over DDP and FSDP2 as in one process."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import REPO_ROOT, tiny_config, tiny_run_args
+from conftest import REPO_ROOT, adamw_config, tiny_config, tiny_run_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -41,7 +42,7 @@ def rows(batch=4, length=17, seed=0):
 
 
 def one_step(model, optimizer, config, accelerator, batch):
-    result = train_step(model, optimizer, iter([(batch[:, :-1], batch[:, 1:])]), 1, config, accelerator)
+    result = train_step(model, iter([(batch[:, :-1], batch[:, 1:])]), 1, config, accelerator)
     finish_step(optimizer, result, False, accelerator)
 
 
@@ -245,3 +246,29 @@ def test_muon_on_fsdp2_sharded_parameters_matches_one_process(tmp_path):
     for name, tensor in whole.items():
         moved = tensor - start[name].detach()  # what three steps changed
         assert (sharded[name] - tensor).norm() / moved.norm() < 1e-3, name
+
+
+def test_schedule_warmup_peak_and_end(accelerator):
+    model = GPT2ScratchForCausalLM(tiny_config())
+    optimizer = build_optimizer(model, adamw_config(), accelerator.device)
+    lrs = []
+    for _ in range(101):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: changes nothing, keeps the scheduler's call-order check quiet
+        optimizer.schedule_step()
+    assert lrs[0] == 0.0
+    assert lrs[5] == pytest.approx(5e-4)  # linear warmup: 5/10 of the peak
+    assert lrs[10] == pytest.approx(1e-3)  # the peak
+    assert lrs[55] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # halfway down the cosine
+    assert lrs[100] == pytest.approx(1e-4)  # 10% of the peak at max_steps
+
+
+def test_weight_decay_only_on_matrices(accelerator):
+    model = GPT2ScratchForCausalLM(tiny_config())
+    optimizer = build_optimizer(model, adamw_config(), accelerator.device)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    # wte (tied with lm_head), wpe, and per block c_attn, attn.c_proj, c_fc, mlp.c_proj
+    assert len(decayed["params"]) == 2 + 4 * 3
+    assert len(plain["params"]) == 3 * 8 + 2  # per block: 4 LayerNorm tensors and 4 biases; then ln_f

@@ -1,6 +1,6 @@
 """Faults injected into real runs: preemption, damaged checkpoints, disk errors, NaNs, bad configuration.
 
-Each test here is a row of RELIABILITY.md. The SIGKILL resume tests live in test_training.py.
+Each test here is a row of RELIABILITY.md.
 """
 
 import errno
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import REPO_ROOT, tiny_config, tiny_run_args
+from conftest import REPO_ROOT, logged_train_steps, sigkill_during, tiny_config, tiny_run_args
 from safetensors.torch import load_file
 
 import run_pretrain
@@ -169,18 +169,56 @@ def test_too_little_disk_for_one_checkpoint_is_refused(tiny_data, tmp_path, monk
     assert not (tmp_path / "run").exists()
 
 
+def resumes_bit_for_bit(straight: Path, killed: Path, last_step: int) -> int:
+    """After a resume, the steps the kill lost repeat the uninterrupted run's losses exactly and the last
+    checkpoint's weights are bitwise equal; returns the step the run resumed from."""
+    resumed_from = next(r["step"] for r in records(killed, "resume"))
+    redone = last_step - resumed_from
+    train = {name: [(r["step"], r["loss"]) for r in map(json.loads, open(run / "log.jsonl")) if r["type"] == "train"]
+             for name, run in (("straight", straight), ("killed", killed))}
+    assert train["killed"][-redone:] == train["straight"][-redone:]
+    last = f"step_{last_step:07d}"
+    a = load_file(straight / "checkpoints" / last / "model.safetensors")
+    b = load_file(killed / "checkpoints" / last / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return resumed_from
+
+
+def test_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
+    """SIGKILL from outside once step 8 is logged (checkpoints every 6 steps); resumed, the lost steps repeat
+    the uninterrupted run exactly. Steps of 640 rows (8 micro-batches of 80) over ~5,500 training rows put
+    an epoch boundary (a reshuffle) after step 17, inside the resumed stretch."""
+    args = dict(micro_batch_size=80, total_batch_tokens=640 * 32, max_steps=18)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # all three runs alike: thread counts change summation order
+
+    def command(out, **extra):
+        return [sys.executable, "run_pretrain.py", *tiny_run_args(tiny_data, out, **args, **extra)]
+
+    assert subprocess.run(command(straight), cwd=REPO_ROOT, env=env, capture_output=True).returncode == 0
+    assert sigkill_during(command(killed), killed / "log.jsonl", 8, env) == -signal.SIGKILL
+    assert max(logged_train_steps(killed / "log.jsonl")) < 18 and checkpoints(killed)
+    resumed = subprocess.run(command(killed, resume_from_checkpoint="latest"), cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumes_bit_for_bit(straight, killed, 18) <= 12
+    rows = len(__import__("datasets").load_from_disk(str(tiny_data))["train"])
+    assert 6 * 640 < rows < 12 * 640  # an epoch ends inside steps 13-18
+
+
 @pytest.mark.slow
 def test_ddp_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
-    """Two gloo processes; one is SIGKILLed after step 9 (the launcher then stops the other)."""
-    def run(out, env=None, **overrides):
-        return launch_ddp(tiny_run_args(tiny_data, out, **overrides), env).returncode
+    """Two gloo processes; one is SIGKILLed from outside once step 8 is logged (the launcher then stops the
+    other); resumed, the lost steps repeat the uninterrupted run exactly."""
+    env = {**os.environ, **CPU_LAUNCH_ENV}
 
-    assert run(tmp_path / "straight") == 0
-    assert run(tmp_path / "killed", {"RUN_PRETRAIN_KILL_AFTER_STEP": "9"}) != 0
-    assert checkpoints(tmp_path / "killed") == ["step_0000006"]
-    assert run(tmp_path / "killed", resume_from_checkpoint="latest") == 0
-    straight, killed = records(tmp_path / "straight", "train"), records(tmp_path / "killed", "train")
-    assert [(r["step"], r["loss"]) for r in killed[-6:]] == [(r["step"], r["loss"]) for r in straight[-6:]]
-    a = load_file(tmp_path / "straight" / "checkpoints" / "step_0000012" / "model.safetensors")
-    b = load_file(tmp_path / "killed" / "checkpoints" / "step_0000012" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    def command(out, **overrides):
+        return launch_command("run_pretrain.py", 2, *tiny_run_args(tiny_data, out, max_steps=18, **overrides))
+
+    assert subprocess.run(command(tmp_path / "straight"), cwd=REPO_ROOT, env=env, capture_output=True).returncode == 0
+    assert sigkill_during(command(tmp_path / "killed"), tmp_path / "killed" / "log.jsonl", 8, env) != 0
+    assert max(logged_train_steps(tmp_path / "killed" / "log.jsonl")) < 18
+    resumed = subprocess.run(command(tmp_path / "killed", resume_from_checkpoint="latest"), cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumes_bit_for_bit(tmp_path / "straight", tmp_path / "killed", 18) <= 12

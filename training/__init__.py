@@ -1,13 +1,12 @@
-"""The pieces of `run_pretrain.py`'s recipe, one module a job.
+"""The pieces of `run_pretrain.py`'s recipe, one module a job (the run's log is `formats.run_log`).
 
 - `arguments`: the run's typed configuration, read from YAML and overridden on the command line
-- `packed_data`: the format `prepare_data.py` writes and everything else reads
 - `data`: the order of training rows for any number of processes, and the batches
 - `optimizer`: the optimizer and its learning-rate schedule
-- `accelerator`: Accelerate set up for the run (mixed precision, compile, DDP)
+- `accelerator`: Accelerate set up for the run (mixed precision, compile, DDP), and its launch line
 - `step`: one optimizer step, with gradient accumulation and the step's one host sync
 - `evaluation`: validation loss, samples and HellaSwag inside the loop
-- `measurement`: FLOPs, MFU, throughput, and the run's log
+- `measurement`: FLOPs, MFU and throughput
 - `checkpoints`: atomic, checksummed checkpoints, resuming from them, and the checks before a run
 - `final_model`: the saved model, its stock GPT-2 export, the model card, and the hub upload
 """

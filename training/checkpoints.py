@@ -138,7 +138,7 @@ def check_disk_space(output_dir: Path, num_parameters: int):
                           f"{needed / 2**30:.2f} GiB")
 
 
-def check_output_dir(config: RunConfig, output_dir: Path, resuming: bool):
+def check_run_directory(config: RunConfig, output_dir: Path, resuming: bool):
     """Refuse to mix two runs in one directory, unless resuming or told to overwrite."""
     previous = output_dir / "run_config.yaml"
     # `latest` is how a requeued job relaunches: the directory holds this very run, maybe without a checkpoint yet.

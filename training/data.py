@@ -55,7 +55,7 @@ class TrainBatchOrder(torch.utils.data.Sampler):
     def __init__(self, num_rows, micro_batch, accumulation, world_size, rank, seed, start_step=0):
         self.micro_batch, self.accumulation = micro_batch, accumulation
         self.world_size, self.rank, self.seed, self.start_step = world_size, rank, seed, start_step
-        self.rows_per_step = micro_batch * accumulation * world_size
+        self.rows_per_step = rows_per_step(micro_batch, accumulation, world_size)
         self.steps_per_epoch = num_rows // self.rows_per_step
         self.num_rows = num_rows
 
@@ -75,6 +75,11 @@ class TrainBatchOrder(torch.utils.data.Sampler):
             step += 1
 
 
+def rows_per_step(micro_batch: int, accumulation: int, world_size: int) -> int:
+    """Rows one optimizer step trains on, all processes together."""
+    return micro_batch * accumulation * world_size
+
+
 @dataclass
 class TrainingData:
     train: RowBatches
@@ -84,6 +89,7 @@ class TrainingData:
     block_size: int
     accumulation: int
     rows_per_step: int  # micro-batch x accumulation x processes
+    world_size: int
     hellaswag: list | None  # examples, when the loop evaluates HellaSwag
 
 
@@ -110,23 +116,27 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
     tokenizer = load_tokenizer(config.data.data_dir)
     accumulation = gradient_accumulation_steps(config, block_size, world_size)
     train, validation = RowBatches(splits["train"]), RowBatches(splits["validation"])
-    rows_per_step = config.data.micro_batch_size * accumulation * world_size
-    if len(train) < rows_per_step:
-        raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {rows_per_step}")
+    step_rows = rows_per_step(config.data.micro_batch_size, accumulation, world_size)
+    if len(train) < step_rows:
+        raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {step_rows}")
     examples = None
     if config.logging.hellaswag_every:
         try:
             examples = hellaswag.load_examples(config.logging.hellaswag_file)
         except (hellaswag.HellaSwagDataError, OSError) as error:
             raise ConfigError(str(error)) from None
-    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, rows_per_step, examples)
+    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, step_rows, world_size,
+                        examples)
 
 
-def train_batches(data: TrainingData, config: RunConfig, accelerator: Accelerator, start_step: int):
-    """An endless iterator of (inputs, targets) micro-batches on this process's device."""
-    order = TrainBatchOrder(len(data.train), config.data.micro_batch_size, data.accumulation,
-                            accelerator.num_processes, accelerator.process_index, config.optimization.seed,
-                            start_step)
+def batch_order(data: TrainingData, config: RunConfig, rank: int, start_step: int) -> TrainBatchOrder:
+    """This process's micro-batches of the run, from `start_step` on."""
+    return TrainBatchOrder(len(data.train), config.data.micro_batch_size, data.accumulation, data.world_size, rank,
+                           config.optimization.seed, start_step)
+
+
+def train_batches(data: TrainingData, order: TrainBatchOrder, config: RunConfig, accelerator: Accelerator):
+    """An endless iterator of (inputs, targets) micro-batches on this process's device, in `order`."""
     loader = torch.utils.data.DataLoader(
         data.train, sampler=order, batch_size=None, num_workers=config.data.dataloader_workers,
         pin_memory=accelerator.device.type == "cuda", persistent_workers=config.data.dataloader_workers > 0,

@@ -8,6 +8,7 @@ import yaml
 from accelerate import Accelerator
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
+from eval import hellaswag
 from eval.plot import plot_run
 from eval.val_loss import validation_rows
 from formats.packed_data import FINEWEB_EDU, is_local_source
@@ -50,45 +51,55 @@ def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: 
 
 def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, stock_gpt2: bool) -> ModelCard:
     """The README.md beside the final weights, pushed with them: what was trained, on what, how it scored."""
-    c, source = model.config, data.metadata["source"]
+    source = data.metadata["source"]
     on_hub = not is_local_source(source)
-    name = config.hub.hub_model_id or str(final_model_dir(output_dir, stock_gpt2))
     subset = f" ({source['dataset_config']})" if source.get("dataset_config") else ""
     corpus = f"`{source['dataset']}`{subset}" if on_hub else f"local files ({', '.join(source['data_files'])})"
     title = config.hub.hub_model_id.rsplit("/", 1)[-1] if config.hub.hub_model_id else output_dir.resolve().name
     log_path = output_dir / LOG_FILE
-    log = read_log(log_path) if log_path.exists() else {}
-    scores, eval_results = [], []
-    if log.get("eval"):
-        evaluation = log["eval"][-1]
-        tokens = validation_rows(len(data.validation), config.logging.eval_tokens, data.block_size) * data.block_size
-        scores.append(f"| validation loss, {tokens:,} held-out tokens (step {evaluation['step']:,}) | "
-                      f"{evaluation['val_loss']:.4f} |")
-        eval_results.append(EvalResult(
-            task_type="text-generation", task_name="Language modelling", metric_type="loss",
-            metric_name="validation loss", metric_value=round(evaluation["val_loss"], 4),
-            dataset_type=source["dataset"] if on_hub else "local", dataset_name=f"held-out split of {corpus}",
-            dataset_split="validation"))
-    if log.get("hellaswag"):
-        swag = log["hellaswag"][-1]
-        swag_data = config.logging.hellaswag_file or "Rowan/hellaswag validation"
-        scores.append(f"| HellaSwag-schema `acc_norm`, {swag['examples']:,} examples, "
-                      f"{swag_data} (step {swag['step']:,}) | {swag['acc_norm']:.4f} |")
-        eval_results.append(EvalResult(
-            task_type="multiple-choice", task_name="HellaSwag (the reproduction's scoring)", metric_type="acc_norm",
-            metric_value=round(swag["acc_norm"], 4), dataset_name=swag_data, dataset_split="validation",
-            dataset_type="local" if config.logging.hellaswag_file else "Rowan/hellaswag"))
+    rows, eval_results = last_scores(read_log(log_path) if log_path.exists() else {}, data, config, corpus, on_hub)
     # eval_results become the card's model-index: the hub shows them as the model's scores.
     metadata = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
                              tags=["gpt2", "gpt2-scratch", "pretraining"],
                              datasets=[source["dataset"]] if on_hub else None,
                              model_name=title, eval_results=eval_results or None)
+    name = config.hub.hub_model_id or str(final_model_dir(output_dir, stock_gpt2))
+    return ModelCard(card_text(model, data, config, metadata, title, name, corpus, rows, stock_gpt2))
+
+
+def last_scores(log: dict, data: TrainingData, config: RunConfig, corpus: str, on_hub: bool):
+    """The run's last validation loss and HellaSwag: table rows for the card, and the hub's EvalResults."""
+    rows, eval_results = [], []
+    if log.get("eval"):
+        evaluation = log["eval"][-1]
+        tokens = validation_rows(len(data.validation), config.logging.eval_tokens, data.block_size) * data.block_size
+        rows.append(f"| validation loss, {tokens:,} held-out tokens (step {evaluation['step']:,}) | "
+                    f"{evaluation['val_loss']:.4f} |")
+        eval_results.append(EvalResult(
+            task_type="text-generation", task_name="Language modelling", metric_type="loss",
+            metric_name="validation loss", metric_value=round(evaluation["val_loss"], 4),
+            dataset_type=data.metadata["source"]["dataset"] if on_hub else "local",
+            dataset_name=f"held-out split of {corpus}", dataset_split="validation"))
+    if log.get("hellaswag"):
+        swag = log["hellaswag"][-1]
+        swag_data = config.logging.hellaswag_file or f"{hellaswag.HUB_DATASET} validation"
+        rows.append(f"| HellaSwag-schema `acc_norm`, {swag['examples']:,} examples, "
+                    f"{swag_data} (step {swag['step']:,}) | {swag['acc_norm']:.4f} |")
+        eval_results.append(EvalResult(
+            task_type="multiple-choice", task_name="HellaSwag (the reproduction's scoring)", metric_type="acc_norm",
+            metric_value=round(swag["acc_norm"], 4), dataset_name=swag_data, dataset_split="validation",
+            dataset_type="local" if config.logging.hellaswag_file else hellaswag.HUB_DATASET))
+    return rows, eval_results
+
+
+def card_text(model, data: TrainingData, config: RunConfig, metadata: ModelCardData, title: str, name: str,
+              corpus: str, rows: list[str], stock_gpt2: bool) -> str:
+    c, o, tokens_per_step = model.config, config.optimization, config.data.total_batch_tokens
     start = f"from `{config.model.init_from}`" if config.model.init_from else "from scratch"
-    o, tokens_per_step = config.optimization, config.data.total_batch_tokens
     stock_note = " Saved as stock `GPT2LMHeadModel`." if stock_gpt2 else ""
     load_args = "" if stock_gpt2 else ", trust_remote_code=True"
     lm_eval_args = f"pretrained={name}" + ("" if stock_gpt2 else ",trust_remote_code=True")
-    text = f"""---
+    return f"""---
 {metadata.to_yaml()}
 ---
 
@@ -101,7 +112,7 @@ on {corpus}, tokenized with `{data.metadata["tokenizer"]["name_or_path"]}`.
 
 | measure | value |
 | --- | --- |
-{chr(10).join(scores) or "| (no evaluation logged) | |"}
+{chr(10).join(rows) or "| (no evaluation logged) | |"}
 
 ![Training curves]({CURVES_FILE})
 
@@ -124,7 +135,6 @@ lm_eval --model hf --model_args {lm_eval_args} --tasks hellaswag
 {yaml.safe_dump(config.to_dict(), sort_keys=False).strip()}
 ```
 """
-    return ModelCard(text)
 
 
 def create_hub_repo(config: RunConfig):

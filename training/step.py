@@ -15,7 +15,7 @@ class StepResult:
     grad_norm: torch.Tensor
 
 
-def train_step(model, optimizer, batches, accumulation: int, config: RunConfig, accelerator: Accelerator):
+def train_step(model, batches, accumulation: int, config: RunConfig, accelerator: Accelerator) -> StepResult:
     """One optimizer step: `accumulation` micro-batches, gradients all-reduced on the last one only."""
     loss_sum = torch.zeros((), device=accelerator.device)
     for micro in range(accumulation):

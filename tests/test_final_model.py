@@ -1,0 +1,101 @@
+"""training/final_model.py: the saved model, its stock export, the model card and the hub upload (a stand-in HfApi)."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import losses_in, tiny_run_args
+
+import run_pretrain
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+from training import final_model
+from training.arguments import parse_config
+from training.data import build_data
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi (no hub here): records each call, 'uploads' by copying the folder."""
+
+    calls: list = []
+    root = None
+    fail_on: str | None = None
+
+    def create_repo(self, repo_id, private=False, exist_ok=False):
+        self._record("create_repo", repo_id=repo_id, private=private, exist_ok=exist_ok)
+
+    def upload_folder(self, repo_id, folder_path, commit_message):
+        self._record("upload_folder", repo_id=repo_id)
+        shutil.copytree(folder_path, self.root / repo_id)
+        return f"https://huggingface.co/{repo_id}"
+
+    def _record(self, name, **kwargs):
+        FakeHub.calls.append((name, kwargs))
+        if FakeHub.fail_on == name:
+            raise ConnectionError("hub unreachable")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    FakeHub.calls, FakeHub.root, FakeHub.fail_on = [], tmp_path / "hub", None
+    monkeypatch.setattr(final_model, "HfApi", FakeHub)
+    monkeypatch.setattr(final_model, "get_token", lambda: "hf_test")
+    return FakeHub
+
+
+def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, fake_hub):
+    from huggingface_hub import ModelCard
+    from transformers import GPT2LMHeadModel
+
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_data, out, max_steps=6, push_to_hub=True, hub_model_id="me/tiny-gpt2", hub_private=True,
+                         hub_format="gpt2")
+    assert run_pretrain.main(args) == 0
+    assert [name for name, _ in fake_hub.calls] == ["create_repo", "upload_folder"]
+    assert fake_hub.calls[0][1] == {"repo_id": "me/tiny-gpt2", "private": True, "exist_ok": True}
+    pushed = fake_hub.root / "me/tiny-gpt2"
+    assert sorted(p.name for p in pushed.iterdir()) == sorted(p.name for p in (out / "final_gpt2").iterdir())
+    ours = GPT2ScratchForCausalLM.from_pretrained(out / "final").eval()
+    stock = GPT2LMHeadModel.from_pretrained(pushed).eval()  # the stock export loads with no remote code
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    torch.testing.assert_close(stock(ids).logits, ours(ids, return_logits=True).logits, rtol=1e-5, atol=1e-5)
+    card = ModelCard.load(pushed / "README.md")
+    assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-generation")
+    [(_, val_loss)] = losses_in(out / "log.jsonl", "eval", "val_loss")
+    assert f"| {val_loss:.4f} |" in card.text
+    # model-index metadata: the hub shows these as the model's evaluation results
+    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [
+        ("loss", round(val_loss, 4), "validation")]
+    assert 'from_pretrained("me/tiny-gpt2")' in card.text and "6 optimizer steps of 256 tokens" in card.text
+    assert f"{stock.num_parameters():,} parameters" in card.text
+    assert "![Training curves](training_curves.png)" in card.text and (pushed / "training_curves.png").stat().st_size
+    remote = ModelCard.load(out / "final" / "README.md")
+    assert 'from_pretrained("me/tiny-gpt2", trust_remote_code=True)' in remote.text
+
+
+def test_model_card_names_a_hub_dataset_in_its_metadata(tiny_data, tmp_path):
+    config = parse_config(tiny_run_args(tiny_data, tmp_path / "run", hub_model_id="me/gpt2-fineweb"))
+    data = build_data(config, world_size=1)
+    data.metadata["source"] = {"dataset": "HuggingFaceFW/fineweb-edu", "dataset_config": "sample-10BT"}
+    model = run_pretrain.build_model(config, data)
+    card = final_model.model_card(model, data, config, tmp_path / "run", stock_gpt2=False)
+    assert card.data.datasets == ["HuggingFaceFW/fineweb-edu"]
+    assert "on `HuggingFaceFW/fineweb-edu` (sample-10BT)" in card.text and card.text.count("# gpt2-fineweb") == 1
+    assert "(no evaluation logged)" in card.text  # no log yet: the table says so instead of inventing scores
+
+
+def test_hub_failures_fail_early_or_keep_the_trained_model(tiny_data, tmp_path, fake_hub, monkeypatch, capsys):
+    args = dict(max_steps=2, eval_every=2, save_every=0, push_to_hub=True, hub_model_id="me/tiny-gpt2")
+    fake_hub.fail_on = "create_repo"
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "refused", **args)) == 2
+    assert "cannot create hub repository me/tiny-gpt2: hub unreachable" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()  # failed before anything was trained or written
+
+    fake_hub.fail_on = "upload_folder"
+    out = tmp_path / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, **args)) == final_model.HUB_EXIT_CODE
+    assert f"retry with: hf upload me/tiny-gpt2 {out / 'final'} ." in capsys.readouterr().err
+    assert GPT2ScratchForCausalLM.from_pretrained(out / "final").config.n_layer == 2
+
+    monkeypatch.setattr(final_model, "get_token", lambda: None)
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "no_token", **args)) == 2
+    assert "needs a Hugging Face token" in capsys.readouterr().err

@@ -1,0 +1,27 @@
+"""training/measurement.py: model FLOPs by hand, and the throughput meter's clock."""
+
+
+from conftest import tiny_config
+
+from configuration import GPT2ScratchConfig
+from training import measurement
+
+
+def test_flops_per_token_of_gpt2_124m_by_hand():
+    gpt2 = GPT2ScratchConfig(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+    # 12 layers x (3*768^2 attention in + 768^2 out + 2 x 4*768^2 MLP) + 50,257 x 768 head, 6 FLOPs each,
+    # plus 12 layers x 12 x 768 x 1024 for the attention scores and mixing.
+    assert measurement.flops_per_token(gpt2, 1024) == 6 * (12 * 12 * 768**2 + 50257 * 768) + 12 * 12 * 768 * 1024
+    assert measurement.flops_per_token(gpt2, 1024) == 854_438_400
+
+
+def test_throughput_meter_leaves_out_paused_time(accelerator, monkeypatch):
+    clock = iter([100.0, 101.0, 104.0, 105.0, 200.0])  # start; pause 101-104; report at 105; restart
+    monkeypatch.setattr(measurement.time, "perf_counter", lambda: next(clock))
+    meter = measurement.ThroughputMeter(tiny_config(), 16, tokens_per_step=512, accelerator=accelerator)
+    meter.steps = 4
+    with meter.paused():
+        pass
+    report = meter.report()
+    assert report["tokens_per_second"] == 4 * 512 / 2.0  # 5 s of wall clock, 3 of them paused
+    assert report["mfu"] is None and (meter.steps, meter.excluded) == (0, 0.0)

@@ -1,0 +1,39 @@
+"""formats/packed_data.py: the prepared-data format, read in place and split into inputs and targets."""
+
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from formats.packed_data import NotPreparedError, PackedRows, inputs_and_targets, load_splits, row_dtype
+
+
+def test_packed_rows_read_across_arrow_chunks_in_place(tmp_path):
+    reference = np.random.default_rng(0).integers(0, 50257, size=(50, 9)).astype(np.uint16)
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("uint16"), length=9)})
+    split = datasets.Dataset.from_dict({"input_ids": reference.tolist()}, features=features)
+    split.save_to_disk(str(tmp_path / "split"), max_shard_size=200)  # many shards: many Arrow chunks
+    loaded = datasets.load_from_disk(str(tmp_path / "split"))
+    rows = PackedRows(loaded)
+    assert len(rows.chunks) > 3 and len(rows) == 50 and rows.dtype == np.uint16
+    indices = np.array([49, 0, 17, 17, 33, 2])
+    assert np.array_equal(rows.take(indices), reference[indices])
+    assert all(not chunk.flags.owndata for chunk in rows.chunks)  # views of the mapped files, not copies
+
+
+def test_a_row_is_inputs_then_the_same_tokens_one_later_as_targets():
+    rows = np.array([[5, 6, 7, 8], [8, 9, 10, 11]], dtype=np.uint16)
+    for given in (rows, torch.from_numpy(rows.astype(np.int32))):
+        inputs, targets = inputs_and_targets(given)
+        assert inputs.dtype == targets.dtype == torch.int64 and inputs.is_contiguous() and targets.is_contiguous()
+        assert inputs.tolist() == [[5, 6, 7], [8, 9, 10]] and targets.tolist() == [[6, 7, 8], [9, 10, 11]]
+
+
+def test_ids_past_65536_need_uint32_rows():
+    assert (row_dtype(50257), row_dtype(65536), row_dtype(65537)) == ("uint16", "uint16", "uint32")
+
+
+def test_a_directory_that_is_not_prepared_data_is_named(tmp_path):
+    with pytest.raises(NotPreparedError, match=f"{tmp_path} is not prepared data .* run prepare_data.py first"):
+        load_splits(tmp_path)

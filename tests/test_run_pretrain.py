@@ -1,0 +1,127 @@
+"""run_pretrain.py: the recipe end to end: early errors, the whole job, compile, the quick start, DDP."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, losses_in, run_script, tiny_run_args
+from safetensors.torch import load_file
+
+import run_pretrain
+from training.accelerator import CPU_LAUNCH_ENV, launch_command
+
+
+def test_configuration_errors_are_one_line_and_early(tiny_data, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("optimization:\n  learning_rat: 0.1\n")
+    assert run_pretrain.main([str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown key optimization.learning_rat (did you mean 'learning_rate'?)" in capsys.readouterr().err
+    cases = [
+        (tiny_data, dict(total_batch_tokens=1000), "is not a multiple of micro_batch_size x block_size x processes"),
+        (tiny_data, dict(n_positions=16), "exceeds the model's n_positions"),
+        (tmp_path / "nowhere", {}, "is not prepared data"),
+    ]
+    for data_dir, overrides, message in cases:
+        assert run_pretrain.main(tiny_run_args(data_dir, tmp_path / "run", **overrides)) == 2
+        assert message in capsys.readouterr().err
+    assert run_pretrain.main(["--learning_rat=0.1"]) == 2
+    assert "did you mean 'learning_rate'" in capsys.readouterr().err
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "run", push_to_hub=True)) == 2
+    assert "--push_to_hub needs --hub_model_id" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_end_to_end_job_and_refusal_to_mix_runs(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, sample_every=12, num_samples=2, sample_tokens=8)) == 0
+    evals = losses_in(out / "log.jsonl", "eval", "val_loss")
+    assert [step for step, _ in evals] == [6, 12] and evals[1][1] < evals[0][1]
+    train = losses_in(out / "log.jsonl")
+    assert len(train) == 12 and train[-1][1] < train[0][1]
+    samples = [json.loads(line) for line in open(out / "log.jsonl") if '"samples"' in line]
+    assert len(samples[0]["samples"]) == 2
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final", trust_remote_code=True)
+    assert model.config.n_layer == 2
+    assert (out / "final_gpt2" / "config.json").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000006", "step_0000012"]
+    assert run_pretrain.main(tiny_run_args(tiny_data, out)) == 2
+    assert "holds another run" in capsys.readouterr().err
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_like_eager_and_saves_plain_weights(tiny_data, tmp_path):
+    """--compile (inductor through Accelerate, the recipe's setting): same losses, and a final model whose
+    tensors are named as the model's own, not `_orig_mod.<name>`."""
+    losses, weights = {}, {}
+    for compiled in ("false", "true"):
+        out = tmp_path / f"compile_{compiled}"
+        done = run_script(tiny_run_args(tiny_data, out, max_steps=4, eval_every=4, save_every=0, compile=compiled))
+        assert done.returncode == 0, done.stderr[-3000:]
+        losses[compiled] = [loss for _, loss in losses_in(out / "log.jsonl")]
+        weights[compiled] = load_file(out / "final" / "model.safetensors")
+    assert len(losses["true"]) == 4
+    np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-4)
+    assert weights["true"].keys() == weights["false"].keys()
+    for name, tensor in weights["false"].items():
+        torch.testing.assert_close(weights["true"][name], tensor, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_quickstart_commands(tmp_path):
+    """`make quickstart`, shortened: the same two commands with the step count and paths overridden."""
+    import sysconfig
+
+    import prepare_data
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    assert prepare_data.main(["--dataset", "text", "--data_files", f"{stdlib}/*.py", "--train_tokenizer_vocab",
+                              "2048", "--block_size", "128", "--output_dir", str(tmp_path / "data")]) == 0
+    status = run_pretrain.main([str(REPO_ROOT / "configs" / "quickstart.yaml"), "--data_dir", str(tmp_path / "data"),
+                                "--output_dir", str(tmp_path / "run"), "--max_steps", "20", "--eval_every", "10",
+                                "--sample_every", "20", "--save_every", "10", "--report_to", "none",
+                                "--dataloader_workers", "0"])
+    assert status == 0
+    evals = losses_in(tmp_path / "run" / "log.jsonl", "eval", "val_loss")
+    assert len(evals) == 2 and evals[1][1] < evals[0][1]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final", trust_remote_code=True).config.n_layer == 4
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_match_one_process_with_double_accumulation(tiny_data, tmp_path):
+    """Real DDP over gloo on CPU: 2 processes x 1 micro-step against 1 process x 2 micro-steps."""
+    base = tiny_run_args(tiny_data, tmp_path / "one", micro_batch_size=4, total_batch_tokens=8 * 32, max_steps=6,
+                         eval_every=6, save_every=0)
+    env = {**os.environ, **CPU_LAUNCH_ENV}
+    one = subprocess.run(launch_command("run_pretrain.py", 1, *base), cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_args = [a.replace(str(tmp_path / "one"), str(tmp_path / "two")) for a in base]
+    two = subprocess.run(launch_command("run_pretrain.py", 2, *two_args), cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes" in two.stdout and "accumulation 1" in two.stdout, two.stdout[-2000:]
+    assert "1 processes" in one.stdout and "accumulation 2" in one.stdout
+    one_losses, two_losses = losses_in(tmp_path / "one" / "log.jsonl"), losses_in(tmp_path / "two" / "log.jsonl")
+    assert [s for s, _ in one_losses] == [s for s, _ in two_losses] == list(range(1, 7))
+    np.testing.assert_allclose([v for _, v in two_losses], [v for _, v in one_losses], rtol=1e-5)
+    one_val = losses_in(tmp_path / "one" / "log.jsonl", "eval", "val_loss")
+    two_val = losses_in(tmp_path / "two" / "log.jsonl", "eval", "val_loss")
+    np.testing.assert_allclose([v for _, v in two_val], [v for _, v in one_val], rtol=1e-5)
