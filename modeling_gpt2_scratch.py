@@ -410,13 +410,16 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         model.generation_config = stock.generation_config
         return model.train(stock.training)
 
-    def to_gpt2(self) -> GPT2LMHeadModel:
-        """A stock `GPT2LMHeadModel` with identical logits: padding rows dropped, Conv1D layout restored."""
+    def to_gpt2(self, state_dict: dict | None = None) -> GPT2LMHeadModel:
+        """A stock `GPT2LMHeadModel` with identical logits: padding rows dropped, Conv1D layout restored.
+
+        `state_dict`: this model's full weights when they are not all here (gathered from FSDP shards).
+        """
         fields = {name: getattr(self.config, name) for name in _SHARED_CONFIG_FIELDS}
         stock = GPT2LMHeadModel(GPT2Config(**fields, attn_implementation="sdpa"))
         stock.to(device=self.device, dtype=self.dtype)
         state = {}
-        for name, tensor in self.state_dict().items():
+        for name, tensor in (self.state_dict() if state_dict is None else state_dict).items():
             if name.endswith(CONV1D_WEIGHT_SUFFIXES):
                 tensor = tensor.t().contiguous()
             elif name in ("transformer.wte.weight", "lm_head.weight"):

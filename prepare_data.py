@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from formats.packed_data import FINEWEB_EDU, read_metadata, write_metadata
+from formats.packed_data import FINEWEB_EDU, read_metadata, saved_rows_sha256, write_metadata
 from preparation import PrepareError
 from preparation.cached import prepare_cached
 from preparation.corpus import CorpusSource, load_corpus
@@ -118,6 +118,7 @@ def prepare(args: PrepareArguments) -> dict:
                                     corpus_name=source.name,
                                     cache_key=[args.to_metadata_key(), len(tokenizer), PIPELINE_VERSION])
         metadata = preparation_metadata(args, source, tokenizer, tokenize, splits)
+        metadata["rows_sha256"] = saved_rows_sha256(staging)  # what the data is, wherever it is written again
         write_metadata(staging, metadata)
 
     elapsed = time.time() - started

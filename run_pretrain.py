@@ -26,7 +26,7 @@ from configuration import GPT2ScratchConfig
 from formats.run_log import LOG_FILE, RunLog
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import build_accelerator
-from training.arguments import ConfigError, RunConfig, parse_config
+from training.arguments import NEVER, ConfigError, RunConfig, parse_config
 from training.checkpoints import (
     CheckpointError,
     check_disk_space,
@@ -35,7 +35,7 @@ from training.checkpoints import (
     resolve_resume,
     save_checkpoint,
 )
-from training.data import TrainingData, batch_order, build_data, data_fingerprint, train_batches
+from training.data import TrainingData, batch_order, build_data, train_batches
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.final_model import create_hub_repo, push_final_model, save_final_model
 from training.measurement import ThroughputMeter
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: RunConfig) -> int:
-    output_dir = Path(config.logging.output_dir)
+    output_dir = Path(config.output.output_dir)
     resume_from = check_before_start(config, output_dir)
     if config.hub.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
         create_hub_repo(config)  # as transformers' Trainer does: a refused token or name fails before training
@@ -84,7 +84,7 @@ def run(config: RunConfig) -> int:
     accelerator = build_accelerator(config)
     if accelerator.num_processes != world_size:
         raise ConfigError(f"accelerate runs {accelerator.num_processes} processes but WORLD_SIZE is {world_size}")
-    set_seed(config.optimization.seed)
+    set_seed(config.data.seed)
     model = build_model(config, data).to(accelerator.device)  # on its device before a fused AdamW sees it
     check_disk_space(output_dir, model.num_parameters())
     if config.model.gradient_checkpointing:
@@ -93,7 +93,7 @@ def run(config: RunConfig) -> int:
     model = optimizers.prepare(model, accelerator)
     start_step = 0
     if resume_from is not None:
-        start_step = load_checkpoint(accelerator, resume_from, data_fingerprint(data), config.data.data_dir)
+        start_step = load_checkpoint(accelerator, resume_from, data.identity, data.metadata, config.data.data_dir)
     log = start_log(config, accelerator, output_dir, resume_from, start_step)
     state = Run(config, accelerator, model, optimizers, data, output_dir, log, start_step)
     accelerator.print(
@@ -116,8 +116,6 @@ def check_before_start(config: RunConfig, output_dir: Path) -> Path | None:
     to resume from, if any."""
     if config.hub.push_to_hub and not config.hub.hub_model_id:
         raise ConfigError("--push_to_hub needs --hub_model_id")
-    if config.hub.push_to_hub and config.hub.hub_format == "gpt2" and not config.checkpointing.export_gpt2:
-        raise ConfigError("--hub_format gpt2 pushes the stock GPT-2 export; it needs --export_gpt2 true")
     resume_from = resolve_resume(config, output_dir)
     check_run_directory(config, output_dir, resuming=resume_from is not None)
     return resume_from
@@ -185,7 +183,7 @@ def train(run: Run) -> int:
             window.add(result.loss)
         run.optimizers.schedule_step()
         meter.steps += 1
-        if is_due(done, config.logging.log_every, o.max_steps):
+        if is_due(done, config.output.log_every, o.max_steps):
             log_training(run, done, window.mean(accelerator), result.grad_norm.item(), order.epoch_of(step),
                          meter.report())
         with meter.paused():
@@ -215,21 +213,27 @@ class LossWindow:
 
 
 def log_training(run: Run, done: int, loss: float | None, grad_norm: float, epoch: int, speed: dict):
-    metrics = dict(loss=loss, lr=run.optimizers.param_groups[0]["lr"], grad_norm=grad_norm, epoch=epoch, **speed)
-    run.log.write("train", done, **metrics)
-    run.progress.set_postfix(loss=f"{loss:.4f}" if loss else "-", lr=f"{metrics['lr']:.2e}",
+    """The step's metrics to the log and the trackers, with every parameter group's learning rate (`lr_<group>`;
+    `lr` is the first group's), and the main ones on the progress bar."""
+    rates = run.optimizers.learning_rates()
+    run.log.write("train", done, loss=loss, lr=next(iter(rates.values())), **{f"lr_{g}": r for g, r in rates.items()},
+                  grad_norm=grad_norm, epoch=epoch, **speed)
+    # One rate when every group shares it (AdamW); otherwise each that differs (Muon's matrices, AdamW's rest).
+    shown = {"lr": next(iter(rates.values()))} if len(set(rates.values())) == 1 else {
+        f"lr_{group}": rate for group, rate in rates.items() if group != "vectors"}
+    run.progress.set_postfix(loss=f"{loss:.4f}" if loss else "-", **{k: f"{v:.2e}" for k, v in shown.items()},
                              gnorm=f"{grad_norm:.2f}", tok_s=f"{speed['tokens_per_second']:,.0f}",
                              **({"mfu": f"{speed['mfu']:.1%}"} if speed["mfu"] else {}))
 
 
 def run_periodic_jobs(run: Run, done: int, must_save: bool):
     """What is due after optimizer step `done`: validation loss, HellaSwag, samples, a checkpoint."""
-    lg, last = run.config.logging, run.config.optimization.max_steps
-    if is_due(done, lg.eval_every, last):
+    e, last = run.config.evaluation, run.config.optimization.max_steps
+    if is_due(done, e.eval_every, last):
         validate(run, done)
-    if lg.hellaswag_every and is_due(done, lg.hellaswag_every, last):
+    if is_due(done, e.hellaswag_every, last):
         score_hellaswag(run, done)
-    if lg.sample_every and lg.num_samples and is_due(done, lg.sample_every, last):
+    if is_due(done, e.sample_every, last):
         write_samples(run, done)
     if is_due(done, run.config.checkpointing.save_every, last) or must_save:
         checkpoint(run, done)
@@ -255,11 +259,13 @@ def write_samples(run: Run, done: int):
 
 def checkpoint(run: Run, done: int):
     save_checkpoint(run.accelerator, run.output_dir, done, run.config.checkpointing.keep_last,
-                    {"data_fingerprint": data_fingerprint(run.data)})
+                    {"data_identity": run.data.identity})
 
 
 def is_due(step: int, every: int, last_step: int) -> bool:
-    """Periodic work runs every `every` steps (0: never) and always after the last step."""
+    """Every periodic job alike: every `every` steps and after the last one; 0 only after the last; -1 never."""
+    if every == NEVER:
+        return False
     return (every > 0 and step % every == 0) or step == last_step
 
 

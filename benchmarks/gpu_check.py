@@ -19,7 +19,7 @@ ends (a failure records its error), so what finished survives a later failure or
                 gives for HellaSwag's 10,042 validation examples
 6. recipe       `prepare_data.py` on the carried Shakespeare with GPT-2's BPE, then `run_pretrain.py
                 configs/gpt2_124m_fineweb_edu.yaml` for 16 steps with evaluation, HellaSwag, samples, two
-                checkpoints, the final save and the stock export inside the run; its tokens/s and MFU
+                checkpoints and the final save (a plain GPT-2) inside the run; its tokens/s and MFU
                 from `log.jsonl`
 Then `summary.json` and `summary.md` (a table ready for RESULTS.md): eight files, what the device returns.
 
@@ -462,7 +462,7 @@ def run_throughput(plan: Plan, micro_batch: int, accumulation: int, models: str,
 
     flags = [*plan.throughput_flags, "--seq_len", str(plan.seq_len), "--vocab", str(plan.vocab), "--micro_batch",
              str(micro_batch), "--accumulation", str(accumulation), "--models", models, "--mixed_precision", "bf16",
-             "--optimizer", optimizer, "--muon_qkv", "split"]
+             "--optimizer", optimizer, "--muon_qkv", "split"]  # throughput.py applies muon_qkv to muon only
     if not profile:
         flags += ["--profile_steps", "0"]
     return throughput.main(flags)
@@ -584,8 +584,7 @@ def stage_recipe(stage: Stage) -> dict:
     log = read_log(run_dir / LOG_FILE) if (run_dir / LOG_FILE).exists() else {}
     windows = log.get("train", [])[1:]  # the first window holds the compilation
     expected = [checkpoint_dir(run_dir, half), checkpoint_dir(run_dir, steps)] + [
-        final_model_dir(run_dir, stock) / name for stock in (False, True)
-        for name in ("config.json", "model.safetensors")]
+        final_model_dir(run_dir) / name for name in ("config.json", "model.safetensors")]
     missing = [str(path.relative_to(run_dir)) for path in expected if not path.exists()]
     record = {
         "exit_code": exit_code, "prepare_seconds": prepared - started, "train_seconds": finished - prepared,
@@ -607,7 +606,7 @@ def stage_recipe(stage: Stage) -> dict:
     tokens = f"{record['tokens_per_second']:,.0f} tokens/s" if record["tokens_per_second"] else "no throughput logged"
     record["figures"] = {
         f"recipe: loop tokens/s after the first log window ({steps} steps)": tokens + mfu,
-        "recipe: whole path (prepare, train, eval, HellaSwag, samples, checkpoints, final, export)":
+        "recipe: whole path (prepare, train, eval, HellaSwag, samples, checkpoints, final GPT-2)":
             "works" if record["ok"] else f"FAILED (exit {exit_code}, missing {record['missing_outputs']})",
         "recipe: prepare / train wall time": f"{record['prepare_seconds']:.0f} s / {record['train_seconds']:.0f} s",
     }

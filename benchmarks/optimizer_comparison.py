@@ -33,7 +33,7 @@ MODEL = dict(n_layer=4, n_head=4, n_embd=256, n_positions=128)
 TOKENS_PER_STEP = 2048
 RUN_FLAGS = [*(f"--{name}={value}" for name, value in MODEL.items()),
              "--micro_batch_size", "16", "--total_batch_tokens", str(TOKENS_PER_STEP), "--mixed_precision", "no",
-             "--tf32", "false", "--sample_every", "0", "--save_every", "0", "--export_gpt2", "false",
+             "--tf32", "false", "--sample_every", "-1", "--save_every", "0",
              "--report_to", "none", "--dataloader_workers", "1", "--min_lr_ratio", "0.1"]
 # Variants tried at Muon's best learning rate, each against plain `muon` there.
 VARIANTS = {  # label: (run-name suffix, flags)
@@ -64,8 +64,9 @@ def trained_run(args, optimizer: str, lr: float, seed: int, suffix: str = "", ex
     flags = [*RUN_FLAGS, "--data_dir", str(args.data_dir), "--output_dir", str(out), "--overwrite_output_dir",
              "true", "--max_steps", str(args.steps), "--warmup_steps", str(args.warmup_steps), "--eval_every",
              str(args.eval_every), "--eval_tokens", str(args.eval_tokens), "--log_every", str(args.eval_every),
-             "--optimizer", optimizer, "--learning_rate", str(lr), "--muon_learning_rate", str(lr),
-             "--seed", str(seed), *extra]
+             "--optimizer", optimizer, "--learning_rate", str(lr), "--seed", str(seed), *extra]
+    if optimizer == "muon":  # Muon's matrices at the swept rate too (AdamW refuses the flag as inert)
+        flags += ["--muon_learning_rate", str(lr)]
     if args.cloze:
         flags += ["--hellaswag_every", str(args.steps), "--hellaswag_file", str(args.cloze)]
     print(f"training {name}", flush=True)

@@ -41,7 +41,7 @@ from configuration import GPT2ScratchConfig
 from formats.packed_data import inputs_and_targets
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import build_accelerator
-from training.arguments import ModelArguments, OptimizationArguments, parse_config, read_yaml_config
+from training.arguments import AcceleratorArguments, OptimizationArguments, parse_config, read_yaml_config
 from training.measurement import device_peak_flops, flops_per_token
 from training.optimizer import build_optimizer
 from training.step import finish_step, train_step
@@ -245,11 +245,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile both models (default: on, except with --tiny).")
-    parser.add_argument("--compile_mode", **loop_setting(ModelArguments, "compile_mode"))
+    parser.add_argument("--compile_mode", **loop_setting(AcceleratorArguments, "compile_mode"))
     parser.add_argument("--ddp_bucket_cap_mb", type=int, help="DDP all-reduce bucket size (MiB).",
-                        **loop_setting(OptimizationArguments, "ddp_bucket_cap_mb"))
+                        **loop_setting(AcceleratorArguments, "ddp_bucket_cap_mb"))
     parser.add_argument("--ddp_comm_hook", help="Gradients all-reduced in bf16 or fp16 (DDP runs only).",
-                        **loop_setting(OptimizationArguments, "ddp_comm_hook"))
+                        **loop_setting(AcceleratorArguments, "ddp_comm_hook"))
     parser.add_argument("--optimizer", **loop_setting(OptimizationArguments, "optimizer"),
                         help="The loop's optimizer: muon adds its Newton-Schulz matmuls to the step.")
     parser.add_argument("--muon_qkv", **loop_setting(OptimizationArguments, "muon_qkv"),
@@ -275,9 +275,8 @@ def main(argv=None):
     run_config = parse_config([f"--mixed_precision={args.mixed_precision}", f"--compile={args.compile}",
                                f"--compile_mode={args.compile_mode}", f"--ddp_bucket_cap_mb={args.ddp_bucket_cap_mb}",
                                f"--ddp_comm_hook={args.ddp_comm_hook}", f"--optimizer={args.optimizer}",
-                               f"--muon_qkv={args.muon_qkv}",
-                               "--max_grad_norm=1.0", "--tf32=true",
-                               "--report_to=none"])
+                               *([f"--muon_qkv={args.muon_qkv}"] if args.optimizer == "muon" else []),
+                               "--max_grad_norm=1.0", "--tf32=true", "--report_to=none"])
     accelerator = build_accelerator(run_config)
     device = accelerator.device
     args.peak = device_peak_flops(device)

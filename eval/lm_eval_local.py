@@ -2,8 +2,9 @@
 
     python -m eval.lm_eval_local --model outputs/gpt2_124m/final --data ../shared/data/cloze_shakespeare_val.jsonl
 
-Same as `lm_eval --model hf --model_args pretrained=MODEL,trust_remote_code=True --tasks hellaswag_local
---include_path eval/lm_eval_tasks`, with the task's data file set to --data.
+Same as `lm_eval --model hf --model_args pretrained=MODEL --tasks hellaswag_local --include_path
+eval/lm_eval_tasks`, with the task's data file set to --data. A run's final/ is a plain GPT-2 by default;
+one saved with `--final_format scratch` needs `--trust_remote_code`.
 """
 
 import argparse
@@ -28,7 +29,7 @@ def write_task(data_path: str, folder: Path) -> Path:
 
 
 def evaluate(model: str, data_path: str, limit: int | None = None, batch_size: int = 16, device: str | None = None,
-             trust_remote_code: bool = True) -> dict:
+             trust_remote_code: bool = False) -> dict:
     """{'acc': ..., 'acc_norm': ...} from lm-eval's `simple_evaluate` on the local task."""
     import lm_eval
     import torch
@@ -37,7 +38,7 @@ def evaluate(model: str, data_path: str, limit: int | None = None, batch_size: i
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as folder:
         task_manager = TaskManager(include_path=str(write_task(data_path, Path(folder))))
-        model_args = f"pretrained={model},trust_remote_code={trust_remote_code}"
+        model_args = f"pretrained={model}" + (",trust_remote_code=True" if trust_remote_code else "")
         results = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=[TASK], task_manager=task_manager,
                                           limit=limit, batch_size=batch_size, device=device)
     scores = results["results"][TASK]
@@ -51,8 +52,10 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--trust_remote_code", action="store_true", help="For a model saved in this kit's class.")
     args = parser.parse_args(argv)
-    print(json.dumps(evaluate(args.model, args.data, args.limit, args.batch_size, args.device), indent=2))
+    scores = evaluate(args.model, args.data, args.limit, args.batch_size, args.device, args.trust_remote_code)
+    print(json.dumps(scores, indent=2))
     return 0
 
 

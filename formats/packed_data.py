@@ -7,9 +7,14 @@ A prepared directory holds
   block_size + 1]`: inputs are `row[:-1]`, targets `row[1:]`, and every token is a target once;
 - `tokenizer/`, the tokenizer that made the ids (`save_pretrained`);
 - `prepare_metadata.json`: the source, the tokenizer's vocabulary size and end-of-text id, the block
-  size, the row dtype, and each split's documents, tokens, rows and untargeted tokens.
+  size, the row dtype, each split's documents, tokens, rows and untargeted tokens, and a sha256 of each
+  split's rows (`rows_sha256`).
+
+`data_identity` says what the data is by its content, not when or where it was written: a checkpoint
+records it, and resumes on any preparation with the same identity.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -110,3 +115,48 @@ class PackedRows:
             here = chunk_of == chunk
             out[here] = self.chunks[chunk][indices[here] - self.starts[chunk]]
         return out
+
+
+def rows_sha256(split: datasets.Dataset) -> str:
+    """sha256 of a split's rows as stored, read chunk by chunk in place."""
+    digest = hashlib.sha256()
+    for chunk in PackedRows(split).chunks:
+        digest.update(np.ascontiguousarray(chunk).data)
+    return digest.hexdigest()
+
+
+def saved_rows_sha256(directory: str | Path) -> dict[str, str]:
+    """Each saved split's `rows_sha256`, for the metadata."""
+    return {name: rows_sha256(split) for name, split in datasets.load_from_disk(str(directory)).items()}
+
+
+def data_identity(metadata: dict, splits) -> dict:
+    """What prepared data is: its source (not the files' paths), tokenizer, block size, row type, split sizes
+    and rows. Preparations written before rows were hashed get their rows hashed here."""
+    hashes = metadata.get("rows_sha256") or {name: rows_sha256(splits[name]) for name in ("train", "validation")}
+    return {
+        "source": {key: value for key, value in metadata["source"].items() if key != "data_files"},
+        "tokenizer": {key: metadata["tokenizer"][key] for key in ("vocab_size", "eot_id")},
+        "block_size": metadata["block_size"], "dtype": metadata["dtype"],
+        "splits": {name: {key: stats[key] for key in ("documents", "tokens", "rows")}
+                   for name, stats in metadata["splits"].items()},
+        "rows_sha256": hashes,
+    }
+
+
+def identity_difference(recorded: dict, current: dict, prefix: str = "") -> str | None:
+    """The first place two identities differ, as `name: recorded vs current`; None when they are equal."""
+    for key in sorted(recorded.keys() | current.keys()):
+        mine, theirs = recorded.get(key), current.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            found = identity_difference(mine, theirs, f"{prefix}{key}.")
+            if found:
+                return found
+        elif mine != theirs:
+            return f"{prefix}{key}: {_short(mine)} vs {_short(theirs)}"
+    return None
+
+
+def _short(value) -> str:
+    """A hash by its first 12 digits; anything else as itself."""
+    return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else repr(value)

@@ -61,15 +61,21 @@ TINY_BLOCK = 32
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Python's own `email` package sources, a 384-token BPE trained on them, packed in blocks of 32."""
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    prepare_tiny_data(out)
+    return out
+
+
+def prepare_tiny_data(out: Path, **overrides) -> dict:
+    """The tiny data's preparation, into `out` (another folder gives the same data)."""
     import sysconfig
 
     from prepare_data import PrepareArguments, prepare
 
-    out = tmp_path_factory.mktemp("tiny") / "data"
     stdlib = sysconfig.get_paths()["stdlib"]
-    prepare(PrepareArguments(output_dir=str(out), dataset="text", data_files=[f"{stdlib}/email/*.py"],
-                             train_tokenizer_vocab=384, block_size=TINY_BLOCK, num_proc=1, val_tokens=4096))
-    return out
+    fields = dict(output_dir=str(out), dataset="text", data_files=[f"{stdlib}/email/*.py"], train_tokenizer_vocab=384,
+                  block_size=TINY_BLOCK, num_proc=1, val_tokens=4096)
+    return prepare(PrepareArguments(**{**fields, **overrides}))
 
 
 def tiny_run_args(data_dir, output_dir, **overrides) -> list[str]:
@@ -77,17 +83,27 @@ def tiny_run_args(data_dir, output_dir, **overrides) -> list[str]:
     flags = dict(data_dir=data_dir, output_dir=output_dir, n_layer=2, n_head=2, n_embd=32, n_positions=TINY_BLOCK,
                  micro_batch_size=4, total_batch_tokens=8 * TINY_BLOCK, dataloader_workers=0, max_steps=12,
                  warmup_steps=2, learning_rate=3e-3, mixed_precision="no", tf32=False, log_every=1, eval_every=6,
-                 eval_tokens=1024, sample_every=0, save_every=6, report_to="none")
+                 eval_tokens=1024, sample_every=-1, save_every=6, report_to="none")
     flags.update(overrides)
     return [f"--{key}={value}" for key, value in flags.items()]
 
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_data, tmp_path_factory):
-    """A run_pretrain.py job on the tiny data: `final/` (this model, remote code) and `final_gpt2/` (stock)."""
+    """A run_pretrain.py job on the tiny data, its `final/` a plain GPT-2 (the default)."""
 
     out = tmp_path_factory.mktemp("trained") / "run"
     assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=0)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_scratch_run(tiny_data, tmp_path_factory):
+    """The same job with `--final_format scratch`: its `final/` is this model's class (remote code)."""
+    import run_pretrain
+
+    out = tmp_path_factory.mktemp("trained_scratch") / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=0, final_format="scratch")) == 0
     return out
 
 

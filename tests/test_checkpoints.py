@@ -30,11 +30,11 @@ def prepared(accelerator):
 
 
 def test_a_checkpoint_is_its_files_and_a_manifest_of_their_checksums(accelerator, prepared, tmp_path):
-    save_checkpoint(accelerator, tmp_path, 3, keep_last=3, extra={"data_fingerprint": {"rows": 7}})
+    save_checkpoint(accelerator, tmp_path, 3, keep_last=3, extra={"data_identity": {"rows": 7}})
     saved = checkpoint_dir(tmp_path, 3)
     assert saved.name == "step_0000003" and not saved.with_name("step_0000003.tmp").exists()
     manifest = json.loads((saved / RUN_STATE_FILE).read_text())
-    assert (manifest["step"], manifest["data_fingerprint"]) == (3, {"rows": 7})
+    assert (manifest["step"], manifest["data_identity"]) == (3, {"rows": 7})
     files = sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*")
                    if p.is_file() and p.name != RUN_STATE_FILE)
     assert sorted(manifest["files"]) == files and "model.safetensors" in files

@@ -30,7 +30,7 @@ def test_validation_loss_is_the_mean_over_the_first_eval_tokens(tiny_data, tmp_p
 
 
 def test_samples_are_seeded_by_the_step_and_leave_the_training_rng_alone(tiny_data, tmp_path, accelerator):
-    config = parse_config(tiny_run_args(tiny_data, tmp_path, num_samples=3, sample_tokens=6))
+    config = parse_config(tiny_run_args(tiny_data, tmp_path, sample_every=6, num_samples=3, sample_tokens=6))
     data = build_data(config, world_size=1)
     model = tiny_model(data)
     torch.manual_seed(5)
@@ -39,9 +39,9 @@ def test_samples_are_seeded_by_the_step_and_leave_the_training_rng_alone(tiny_da
     first = generate_samples(model, data.tokenizer, config, accelerator, step=10)
     assert torch.equal(torch.rand(3), expected_next)
     assert generate_samples(model, data.tokenizer, config, accelerator, step=10) == first and len(first) == 3
-    assert all(text.startswith(config.logging.sample_prompt) for text in first)
-    torch.manual_seed(config.optimization.seed + 10)  # the same draw, made by hand
-    prompt = data.tokenizer(config.logging.sample_prompt, return_tensors="pt").input_ids.repeat(3, 1)
+    assert all(text.startswith(config.evaluation.sample_prompt) for text in first)
+    torch.manual_seed(config.data.seed + 10)  # the same draw, made by hand
+    prompt = data.tokenizer(config.evaluation.sample_prompt, return_tensors="pt").input_ids.repeat(3, 1)
     by_hand = model.eval().generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=50,
                                     max_new_tokens=6, pad_token_id=data.tokenizer.eos_token_id)
     assert data.tokenizer.batch_decode(by_hand, skip_special_tokens=True) == first

@@ -1,10 +1,14 @@
-"""training/final_model.py: the saved model, its stock export, the model card and the hub upload (a stand-in HfApi)."""
+"""training/final_model.py: final/ (a plain GPT-2 by default), its model card and the hub upload (a stand-in HfApi)."""
 
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import losses_in, tiny_run_args
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 import run_pretrain
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
@@ -47,15 +51,14 @@ def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, f
     from transformers import GPT2LMHeadModel
 
     out = tmp_path / "run"
-    args = tiny_run_args(tiny_data, out, max_steps=6, push_to_hub=True, hub_model_id="me/tiny-gpt2", hub_private=True,
-                         hub_format="gpt2")
+    args = tiny_run_args(tiny_data, out, max_steps=6, push_to_hub=True, hub_model_id="me/tiny-gpt2", hub_private=True)
     assert run_pretrain.main(args) == 0
     assert [name for name, _ in fake_hub.calls] == ["create_repo", "upload_folder"]
     assert fake_hub.calls[0][1] == {"repo_id": "me/tiny-gpt2", "private": True, "exist_ok": True}
     pushed = fake_hub.root / "me/tiny-gpt2"
-    assert sorted(p.name for p in pushed.iterdir()) == sorted(p.name for p in (out / "final_gpt2").iterdir())
-    ours = GPT2ScratchForCausalLM.from_pretrained(out / "final").eval()
-    stock = GPT2LMHeadModel.from_pretrained(pushed).eval()  # the stock export loads with no remote code
+    assert sorted(p.name for p in pushed.iterdir()) == sorted(p.name for p in (out / "final").iterdir())
+    ours = GPT2ScratchForCausalLM.from_pretrained(out / "final").eval()  # our class reads a plain GPT-2 too
+    stock = GPT2LMHeadModel.from_pretrained(pushed).eval()  # what the hub got loads with no remote code
     ids = torch.tensor([[1, 5, 9, 2, 7]])
     torch.testing.assert_close(stock(ids).logits, ours(ids, return_logits=True).logits, rtol=1e-5, atol=1e-5)
     card = ModelCard.load(pushed / "README.md")
@@ -68,16 +71,15 @@ def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, f
     assert 'from_pretrained("me/tiny-gpt2")' in card.text and "6 optimizer steps of 256 tokens" in card.text
     assert f"{stock.num_parameters():,} parameters" in card.text
     assert "![Training curves](training_curves.png)" in card.text and (pushed / "training_curves.png").stat().st_size
-    remote = ModelCard.load(out / "final" / "README.md")
-    assert 'from_pretrained("me/tiny-gpt2", trust_remote_code=True)' in remote.text
+    assert "trust_remote_code" not in card.text and "--model_args pretrained=me/tiny-gpt2 " in card.text
 
 
 def test_model_card_names_a_hub_dataset_in_its_metadata(tiny_data, tmp_path):
-    config = parse_config(tiny_run_args(tiny_data, tmp_path / "run", hub_model_id="me/gpt2-fineweb"))
+    config = parse_config(tiny_run_args(tiny_data, tmp_path / "run", push_to_hub=True, hub_model_id="me/gpt2-fineweb"))
     data = build_data(config, world_size=1)
     data.metadata["source"] = {"dataset": "HuggingFaceFW/fineweb-edu", "dataset_config": "sample-10BT"}
     model = run_pretrain.build_model(config, data)
-    card = final_model.model_card(model, data, config, tmp_path / "run", stock_gpt2=False)
+    card = final_model.model_card(model, data, config, tmp_path / "run")
     assert card.data.datasets == ["HuggingFaceFW/fineweb-edu"]
     assert "on `HuggingFaceFW/fineweb-edu` (sample-10BT)" in card.text and card.text.count("# gpt2-fineweb") == 1
     assert "(no evaluation logged)" in card.text  # no log yet: the table says so instead of inventing scores
@@ -99,3 +101,52 @@ def test_hub_failures_fail_early_or_keep_the_trained_model(tiny_data, tmp_path, 
     monkeypatch.setattr(final_model, "get_token", lambda: None)
     assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "no_token", **args)) == 2
     assert "needs a Hugging Face token" in capsys.readouterr().err
+
+
+LOADERS_SCRIPT = """
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+folder = sys.argv[1]
+model = AutoModelForCausalLM.from_pretrained(folder)
+tokenizer = AutoTokenizer.from_pretrained(folder)
+text = pipeline("text-generation", model=folder)("def ", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+print("LOADED", type(model).__name__, model.config.model_type, type(tokenizer).__name__, text.startswith("def "))
+"""
+
+
+def test_final_is_one_plain_gpt2_that_loads_with_defaults_and_no_prompt(trained_run):
+    final = trained_run / "final"
+    done = subprocess.run([sys.executable, "-c", LOADERS_SCRIPT, str(final)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = next(line for line in done.stdout.splitlines() if line.startswith("LOADED")).split()
+    assert loaded[1:3] == ["GPT2LMHeadModel", "gpt2"] and loaded[-1] == "True"  # and the pipeline generated
+    assert "custom code" not in done.stdout + done.stderr
+    config = json.loads((final / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and "auto_map" not in config
+    assert [p.name for p in final.glob("*.safetensors")] == ["model.safetensors"] and not list(final.glob("*.py"))
+    assert sorted(p.name for p in trained_run.iterdir() if p.name.startswith("final")) == ["final"]
+
+
+def test_our_class_continues_training_from_final(tiny_data, trained_run, tmp_path):
+    config = parse_config(tiny_run_args(tiny_data, tmp_path / "more", init_from=trained_run / "final", max_steps=2))
+    data = build_data(config, world_size=1)
+    ours = run_pretrain.build_model(config, data).eval()
+    stock = GPT2LMHeadModel.from_pretrained(trained_run / "final").eval()
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-5)
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "more", init_from=trained_run / "final",
+                                           max_steps=2)) == 0
+
+
+def test_the_scratch_format_is_this_models_class_behind_remote_code(trained_run, trained_scratch_run):
+    config = json.loads((trained_scratch_run / "final" / "config.json").read_text())
+    assert config["model_type"] == "gpt2_scratch" and "AutoModelForCausalLM" in config["auto_map"]
+    ours = AutoModelForCausalLM.from_pretrained(trained_scratch_run / "final", trust_remote_code=True).eval()
+    stock = GPT2LMHeadModel.from_pretrained(trained_run / "final").eval()  # the same training, saved plain
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-5)
+    card = (trained_scratch_run / "final" / "README.md").read_text()
+    assert "trust_remote_code=True" in card

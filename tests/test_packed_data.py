@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from formats.packed_data import NotPreparedError, PackedRows, inputs_and_targets, load_splits, row_dtype
+from formats.packed_data import (
+    NotPreparedError,
+    PackedRows,
+    data_identity,
+    identity_difference,
+    inputs_and_targets,
+    load_splits,
+    read_metadata,
+    row_dtype,
+)
 
 
 def test_packed_rows_read_across_arrow_chunks_in_place(tmp_path):
@@ -37,3 +46,19 @@ def test_ids_past_65536_need_uint32_rows():
 def test_a_directory_that_is_not_prepared_data_is_named(tmp_path):
     with pytest.raises(NotPreparedError, match=f"{tmp_path} is not prepared data .* run prepare_data.py first"):
         load_splits(tmp_path)
+
+
+def test_identity_is_what_the_data_is_not_when_or_where_it_was_written(tiny_data):
+    metadata = read_metadata(tiny_data)
+    identity = data_identity(metadata, load_splits(tiny_data))
+    assert identity["rows_sha256"] == metadata["rows_sha256"] and "data_files" not in identity["source"]
+    elsewhere = {**metadata, "created": "2030-01-01T00:00:00+00:00",
+                 "source": {**metadata["source"], "data_files": ["/another/disk/*.py"]},
+                 "arguments": {**metadata["arguments"], "data_files": ["/another/disk/*.py"]}}
+    assert identity_difference(identity, data_identity(elsewhere, None)) is None
+    # an old preparation without hashes: its rows are hashed on the spot, to the same digests
+    legacy = {key: value for key, value in metadata.items() if key != "rows_sha256"}
+    assert data_identity(legacy, load_splits(tiny_data))["rows_sha256"] == metadata["rows_sha256"]
+    changed = {**identity, "rows_sha256": {**identity["rows_sha256"], "train": "f" * 64}}
+    assert identity_difference(identity, changed) == (
+        f"rows_sha256.train: {identity['rows_sha256']['train'][:12]}... vs ffffffffffff...")

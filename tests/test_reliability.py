@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import REPO_ROOT, logged_train_steps, sigkill_during, tiny_config, tiny_run_args
+from conftest import REPO_ROOT, logged_train_steps, prepare_tiny_data, sigkill_during, tiny_config, tiny_run_args
 from safetensors.torch import load_file
 
 import run_pretrain
@@ -222,3 +222,42 @@ def test_ddp_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert resumes_bit_for_bit(tmp_path / "straight", tmp_path / "killed", 18) <= 12
+
+
+def test_data_prepared_again_resumes_and_other_data_is_named(tiny_data, tmp_path, capsys):
+    """A checkpoint knows its data by content: the same corpus prepared again elsewhere resumes it (a second
+    node's disk, a lost disk); other data is refused with what differs."""
+    out = tmp_path / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=4, save_every=2)) == 0
+    checkpoint = out / "checkpoints" / "step_0000002"
+    again, other = tmp_path / "again", tmp_path / "other"
+    prepare_tiny_data(again)
+    prepare_tiny_data(other, block_size=16)
+    resumed = tmp_path / "resumed"
+    assert run_pretrain.main(tiny_run_args(again, resumed, max_steps=4, save_every=2,
+                                           resume_from_checkpoint=checkpoint)) == 0
+    assert records(resumed, "resume")[0]["step"] == 2
+    assert [(r["step"], r["loss"]) for r in records(resumed, "train")] == [
+        (r["step"], r["loss"]) for r in records(out, "train")[2:]]  # the same rows, the same losses
+    assert run_pretrain.main(tiny_run_args(other, tmp_path / "refused", max_steps=4,
+                                           resume_from_checkpoint=checkpoint)) == 2
+    err = capsys.readouterr().err
+    assert f"{checkpoint} was trained on other data than {other} (block_size: 32 vs 16)" in err
+
+
+def test_a_checkpoint_from_before_data_identity_resumes_only_on_its_own_preparation(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=4, save_every=2)) == 0
+    checkpoint = out / "checkpoints" / "step_0000002"
+    manifest = json.loads((checkpoint / "trainer_state.json").read_text())
+    metadata = json.loads((tiny_data / "prepare_metadata.json").read_text())
+    del manifest["data_identity"]  # what a checkpoint of the earlier layout recorded instead:
+    manifest["data_fingerprint"] = {key: metadata[key] for key in ("arguments", "created", "block_size")}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(manifest))
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "resumed", max_steps=4,
+                                           resume_from_checkpoint=checkpoint)) == 0
+    again = tmp_path / "again"
+    prepare_tiny_data(again)
+    assert run_pretrain.main(tiny_run_args(again, tmp_path / "refused", max_steps=4,
+                                           resume_from_checkpoint=checkpoint)) == 2
+    assert "predates data identity by content: it names its data by the preparation of" in capsys.readouterr().err

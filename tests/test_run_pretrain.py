@@ -11,6 +11,7 @@ from conftest import REPO_ROOT, losses_in, run_script, tiny_run_args
 from safetensors.torch import load_file
 
 import run_pretrain
+from eval.val_loss import DEFAULT_EVAL_TOKENS
 from training.accelerator import CPU_LAUNCH_ENV, launch_command
 
 
@@ -42,11 +43,11 @@ def test_end_to_end_job_and_refusal_to_mix_runs(tiny_data, tmp_path, capsys):
     assert len(train) == 12 and train[-1][1] < train[0][1]
     samples = [json.loads(line) for line in open(out / "log.jsonl") if '"samples"' in line]
     assert len(samples[0]["samples"]) == 2
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
-    model = AutoModelForCausalLM.from_pretrained(out / "final", trust_remote_code=True)
-    assert model.config.n_layer == 2
-    assert (out / "final_gpt2" / "config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(out / "final")  # a plain GPT-2: no remote code
+    assert isinstance(model, GPT2LMHeadModel) and model.config.n_layer == 2
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("final")) == ["final"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000006", "step_0000012"]
     assert run_pretrain.main(tiny_run_args(tiny_data, out)) == 2
     assert "holds another run" in capsys.readouterr().err
@@ -101,7 +102,7 @@ def test_quickstart_commands(tmp_path):
     assert len(evals) == 2 and evals[1][1] < evals[0][1]
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final", trust_remote_code=True).config.n_layer == 4
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").config.n_layer == 4
 
 
 @pytest.mark.slow
@@ -125,3 +126,53 @@ def test_two_ddp_processes_match_one_process_with_double_accumulation(tiny_data,
     one_val = losses_in(tmp_path / "one" / "log.jsonl", "eval", "val_loss")
     two_val = losses_in(tmp_path / "two" / "log.jsonl", "eval", "val_loss")
     np.testing.assert_allclose([v for _, v in two_val], [v for _, v in one_val], rtol=1e-5)
+
+
+def test_every_bad_value_exits_2_on_one_line_and_writes_nothing(tiny_data, tmp_path, capsys):
+    cases = [
+        (dict(n_head=5, n_embd=128), "--n_embd 128 is not divisible by --n_head 5"),
+        (dict(learning_rate=-1), "--learning_rate -1.0 must be positive"),
+        (dict(max_steps=0), "--max_steps 0 must be positive"),
+        (dict(n_positions=16), "data block_size 32 exceeds the model's n_positions 16"),
+        (dict(total_batch_tokens=1000), "is not a multiple of micro_batch_size x block_size x processes"),
+        (dict(optimizer="adamw", muon_qkv="split"), "--muon_qkv acts only with --optimizer muon"),
+    ]
+    for overrides, message in cases:
+        assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "run", **overrides)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("run_pretrain.py: error: ") and message in err and "\n" not in err, err
+        assert not (tmp_path / "run").exists()
+
+
+def test_is_due_reads_every_periodic_setting_the_same_way():
+    due = {every: [step for step in range(1, 11) if run_pretrain.is_due(step, every, last_step=10)]
+           for every in (4, 0, -1)}
+    assert due == {4: [4, 8, 10], 0: [10], -1: []}
+
+
+def test_0_runs_a_job_only_after_the_last_step_and_minus_1_never(tiny_data, tmp_path):
+    at_end, never = tmp_path / "at_end", tmp_path / "never"
+    jobs = ("log_every", "eval_every", "sample_every", "save_every")
+    assert run_pretrain.main(tiny_run_args(tiny_data, at_end, max_steps=4, num_samples=1, sample_tokens=4,
+                                           **dict.fromkeys(jobs, 0))) == 0
+    logged = [(r["type"], r["step"]) for r in map(json.loads, open(at_end / "log.jsonl"))]
+    assert logged == [("train", 4), ("eval", 4), ("samples", 4)]
+    assert [p.name for p in (at_end / "checkpoints").iterdir()] == ["step_0000004"]
+    # (eval_tokens at its default: a validation budget with no validation would be refused as inert)
+    assert run_pretrain.main(tiny_run_args(tiny_data, never, max_steps=4, eval_tokens=DEFAULT_EVAL_TOKENS,
+                                           **dict.fromkeys(jobs, -1))) == 0
+    assert not (never / "log.jsonl").exists() or not (never / "log.jsonl").read_text()
+    assert not (never / "checkpoints").exists() and (never / "final" / "model.safetensors").exists()
+
+
+def test_every_parameter_groups_learning_rate_is_logged(tiny_data, tmp_path):
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "adamw", max_steps=3)) == 0
+    adamw = [r for r in map(json.loads, open(tmp_path / "adamw" / "log.jsonl")) if r["type"] == "train"]
+    assert all(r["lr_matrices"] == r["lr_vectors"] == r["lr"] for r in adamw)
+    assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "muon", max_steps=3, optimizer="muon",
+                                           muon_learning_rate=1e-2, embedding_learning_rate=2e-3)) == 0
+    muon = [r for r in map(json.loads, open(tmp_path / "muon" / "log.jsonl")) if r["type"] == "train"]
+    for record in muon:  # one schedule scales every group's own peak (tiny_run_args: learning_rate 3e-3)
+        factor = record["lr_vectors"] / 3e-3
+        assert record["lr_hidden_matrices"] == pytest.approx(1e-2 * factor)
+        assert record["lr_embeddings"] == pytest.approx(2e-3 * factor) and factor > 0

@@ -1,7 +1,8 @@
 """A checkpoint saved by run_pretrain.py in every standard transformers path, against stock GPT-2.
 
 The reference is always stock `GPT2LMHeadModel` holding the same weights (`to_gpt2()`); each path is
-checked on `final/` (this model, loaded as remote code) and on `final_gpt2/` (the stock export).
+checked on `final/` as a run writes it by default (a plain GPT-2) and with `--final_format scratch` (this
+model's class, loaded as remote code). Both runs train identically.
 """
 
 import logging
@@ -19,9 +20,9 @@ PROMPTS = ["def parse(", "import os\nimport", "class Message:\n    def __init__(
 NEW_TOKENS = 8
 
 
-@pytest.fixture(scope="module", params=["final", "final_gpt2"])
-def checkpoint(request, trained_run):
-    return trained_run / request.param
+@pytest.fixture(scope="module", params=["gpt2", "scratch"])
+def checkpoint(request, trained_run, trained_scratch_run):
+    return (trained_run if request.param == "gpt2" else trained_scratch_run) / "final"
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +79,9 @@ def test_position_ids_follow_the_padding_mask(model_and_stock, left_padding_toke
             torch.testing.assert_close(padded[row, -alone.shape[1]:], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_compiled_forward_decodes_with_a_static_cache(trained_run, left_padding_tokenizer):
+def test_compiled_forward_decodes_with_a_static_cache(trained_scratch_run, left_padding_tokenizer):
     """How transformers 5 decodes fast: a compiled forward over a static cache."""
-    model = AutoModelForCausalLM.from_pretrained(trained_run / "final", trust_remote_code=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(trained_scratch_run / "final", trust_remote_code=True).eval()
     stock = model.to_gpt2().eval()
     batch = left_padding_tokenizer(PROMPTS, padding=True, return_tensors="pt")
     kwargs = dict(max_new_tokens=NEW_TOKENS, do_sample=False, cache_implementation="static",
@@ -103,8 +104,8 @@ def test_eval_mode_returns_loss_and_logits_like_stock(model_and_stock):
     torch.testing.assert_close(ours.loss, reference.loss, atol=1e-5, rtol=1e-5)
 
 
-def test_training_mode_skips_logits_unless_asked(trained_run):
-    model = AutoModelForCausalLM.from_pretrained(trained_run / "final", trust_remote_code=True).train()
+def test_training_mode_skips_logits_unless_asked(trained_scratch_run):
+    model = AutoModelForCausalLM.from_pretrained(trained_scratch_run / "final", trust_remote_code=True).train()
     ids = torch.randint(0, model.config.vocab_size, (2, 20))
     fused = model(ids, labels=ids)
     assert fused.logits is None
@@ -130,14 +131,14 @@ def trainer_for(model, tmp_path, dataset):
     return Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
 
 
-def test_trainer_evaluates_predicts_and_trains(trained_run, tmp_path):
+def test_trainer_evaluates_predicts_and_trains(trained_scratch_run, tmp_path):
     """Trainer finds `labels` as the label column, gets `eval_loss` and logits, and trains.
 
     The loss is checked against the mean next-token cross-entropy of stock's logits. (Stock GPT-2's own
     Trainer loss is not the reference: transformers 5.24 counts its targets over the unshifted labels,
     one per row too many, because `GPT2LMHeadModel`'s name gives no `loss_type`.)
     """
-    model = AutoModelForCausalLM.from_pretrained(trained_run / "final", trust_remote_code=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(trained_scratch_run / "final", trust_remote_code=True).eval()
     stock = model.to_gpt2().eval()
     dataset = blocks_dataset(model.config.vocab_size)
     trainer = trainer_for(model, tmp_path, dataset)
@@ -155,11 +156,11 @@ def test_trainer_evaluates_predicts_and_trains(trained_run, tmp_path):
     assert trained.global_step == 2 and trained.training_loss == pytest.approx(next_token_loss.item(), rel=0.2)
 
 
-def test_text_generation_pipeline_matches_stock(trained_run):
+def test_text_generation_pipeline_matches_stock(trained_run, trained_scratch_run):
     from transformers import pipeline
 
-    ours = pipeline("text-generation", model=str(trained_run / "final"), trust_remote_code=True)
-    stock = pipeline("text-generation", model=str(trained_run / "final_gpt2"))
+    ours = pipeline("text-generation", model=str(trained_scratch_run / "final"), trust_remote_code=True)
+    stock = pipeline("text-generation", model=str(trained_run / "final"))
     kwargs = dict(max_new_tokens=NEW_TOKENS, do_sample=False)
     assert ours(PROMPTS[0], **kwargs)[0]["generated_text"] == stock(PROMPTS[0], **kwargs)[0]["generated_text"]
     assert ours(PROMPTS[0], **kwargs)[0]["generated_text"].startswith(PROMPTS[0])
@@ -173,24 +174,25 @@ print("LOADED", type(tokenizer).__name__, tokenizer("def parse(").input_ids)
 """
 
 
-@pytest.mark.parametrize("folder,extra", [("final_gpt2", ""), ("final", "trust_remote_code=True")])
-def test_tokenizer_loads_without_a_custom_code_prompt(trained_run, folder, extra):
-    result = subprocess.run([sys.executable, "-c", TOKENIZER_SCRIPT.format(extra=extra), str(trained_run / folder)],
+@pytest.mark.parametrize("final_format,extra", [("gpt2", ""), ("scratch", "trust_remote_code=True")])
+def test_tokenizer_loads_without_a_custom_code_prompt(trained_run, trained_scratch_run, final_format, extra):
+    final = (trained_run if final_format == "gpt2" else trained_scratch_run) / "final"
+    result = subprocess.run([sys.executable, "-c", TOKENIZER_SCRIPT.format(extra=extra), str(final)],
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert "LOADED" in result.stdout, result.stderr
     assert "custom code" not in result.stdout + result.stderr
-    expected = AutoTokenizer.from_pretrained(trained_run / "final_gpt2")("def parse(").input_ids
+    expected = AutoTokenizer.from_pretrained(trained_run / "final")("def parse(").input_ids
     assert result.stdout.strip().endswith(str(expected))
 
 
-def test_forward_generate_save_and_load_are_quiet(trained_run, tmp_path, caplog):
+def test_forward_generate_save_and_load_are_quiet(trained_scratch_run, tmp_path, caplog):
     """No warning from our code in a normal forward, generate, save or load (transformers' logger or Python's)."""
     transformers.logging.set_verbosity_warning()
     transformers.logging.enable_propagation()
     try:
         with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="transformers"):
             warnings.simplefilter("always")
-            model = AutoModelForCausalLM.from_pretrained(trained_run / "final", trust_remote_code=True).eval()
+            model = AutoModelForCausalLM.from_pretrained(trained_scratch_run / "final", trust_remote_code=True).eval()
             ids = torch.randint(0, model.config.vocab_size, (2, 10))
             with torch.no_grad():
                 model(ids, labels=ids)
@@ -205,9 +207,9 @@ def test_forward_generate_save_and_load_are_quiet(trained_run, tmp_path, caplog)
     assert messages == []
 
 
-def test_legacy_past_key_values_argument_still_decodes(trained_run):
+def test_legacy_past_key_values_argument_still_decodes(trained_scratch_run):
     """Callers written for older transformers pass the cache as `past_key_values`."""
-    model = AutoModelForCausalLM.from_pretrained(trained_run / "final", trust_remote_code=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(trained_scratch_run / "final", trust_remote_code=True).eval()
     ids = torch.randint(0, model.config.vocab_size, (1, 9))
     with torch.no_grad():
         whole = model(ids).logits[:, -1]

@@ -10,24 +10,25 @@ from training.arguments import RunConfig
 
 
 def compile_plugin(config: RunConfig) -> TorchDynamoPlugin | None:
-    return TorchDynamoPlugin(backend="inductor", mode=config.model.compile_mode) if config.model.compile else None
+    a = config.accelerator
+    return TorchDynamoPlugin(backend="inductor", mode=a.compile_mode) if a.compile else None
 
 
 def ddp_settings(config: RunConfig) -> DistributedDataParallelKwargs:
     # Gradients are views into the all-reduce buckets: one copy less of 124M floats per step.
-    o = config.optimization
-    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, bucket_cap_mb=o.ddp_bucket_cap_mb,
-                                         comm_hook=DDPCommunicationHookType(o.ddp_comm_hook))
+    a = config.accelerator
+    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, bucket_cap_mb=a.ddp_bucket_cap_mb,
+                                         comm_hook=DDPCommunicationHookType(a.ddp_comm_hook))
 
 
 def build_accelerator(config: RunConfig) -> Accelerator:
-    o = config.optimization
-    trackers = [t for t in config.logging.report_to.split(",") if t and t != "none"]
+    a = config.accelerator
+    trackers = [t for t in config.output.report_to.split(",") if t and t != "none"]
     accelerator = Accelerator(
-        mixed_precision=o.mixed_precision, log_with=trackers or None, project_dir=config.logging.output_dir,
+        mixed_precision=a.mixed_precision, log_with=trackers or None, project_dir=config.output.output_dir,
         dynamo_plugin=compile_plugin(config), kwargs_handlers=[ddp_settings(config)],
     )
-    if o.tf32 and torch.cuda.is_available():
+    if a.tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator

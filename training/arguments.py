@@ -1,7 +1,14 @@
-"""The run's configuration: typed dataclasses, one per YAML section, every field also a command-line flag."""
+"""The run's configuration: typed dataclasses, one per YAML section, every field also a command-line flag.
+
+Sections by concern: the model, the data, what the optimizer does, what the accelerator and precision
+do, evaluation, where outputs go, checkpoints, the hub. Every periodic job (`log_every`, `eval_every`,
+`hellaswag_every`, `sample_every`, `save_every`) reads its number the same way: N > 0 every N steps and
+after the last one, 0 only after the last step, -1 never.
+"""
 
 import difflib
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -15,18 +22,22 @@ class ConfigError(Exception):
     """A configuration that cannot run: reported on one line before any GPU time is spent."""
 
 
+NEVER = -1  # a periodic job's `*_every` that turns it off
+EVERY_HELP = " (0: only after the last step, -1: never)."
+
+
+def every(default: int, what: str):
+    return field(default=default, metadata={"help": f"Optimizer steps between {what}, and after the last{EVERY_HELP}"})
+
+
 @dataclass
 class ModelArguments:
     n_layer: int = field(default=12, metadata={"help": "Transformer blocks."})
     n_head: int = field(default=12, metadata={"help": "Attention heads per block."})
-    n_embd: int = field(default=768, metadata={"help": "Width of the residual stream."})
+    n_embd: int = field(default=768, metadata={"help": "Width of the residual stream (a multiple of n_head)."})
     n_positions: int = field(default=1024, metadata={"help": "Longest sequence the model accepts."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout everywhere (the reproduction uses none)."})
     init_from: str | None = field(default=None, metadata={"help": "Start from these weights (hub id or dir)."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model (inductor)."})
-    compile_mode: str = field(default="default", metadata={
-        "help": "Inductor mode: reduce-overhead adds CUDA graphs, max-autotune searches kernels (long warmup).",
-        "choices": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
 
 
@@ -36,6 +47,7 @@ class DataArguments:
     micro_batch_size: int = field(default=64, metadata={"help": "Rows per forward pass on each process."})
     total_batch_tokens: int = field(default=524_288, metadata={"help": "Tokens per optimizer step, all processes."})
     dataloader_workers: int = field(default=2, metadata={"help": "Processes that read batches ahead."})
+    seed: int = field(default=1337, metadata={"help": "Seeds the initial weights, the data order and the samples."})
 
 
 @dataclass
@@ -49,14 +61,14 @@ class OptimizationArguments:
         "help": "With muon: peak learning rate of the embeddings and tied head (default: learning_rate)."})
     muon_learning_rate: float = field(default=6e-4, metadata={
         "help": "With muon: peak learning rate of the blocks' matrices, before Muon's shape adjustment."})
-    muon_momentum: float = 0.95
+    muon_momentum: float = field(default=0.95, metadata={"help": "With muon: Nesterov momentum."})
     muon_momentum_warmup_steps: int = field(default=0, metadata={
         "help": "With muon: raise the momentum linearly from 0.85 over these steps (0: none)."})
     muon_adjust_lr: str = field(default="match_rms_adamw", metadata={
-        "help": "Muon's learning-rate scale per matrix shape: match_rms_adamw (0.2 sqrt(max dim): AdamW's update "
-                "RMS) or original (sqrt(max(1, rows / cols))).", "choices": ["match_rms_adamw", "original"]})
+        "help": "With muon: the learning-rate scale per matrix shape: match_rms_adamw (0.2 sqrt(max dim): AdamW's "
+                "update RMS) or original (sqrt(max(1, rows / cols))).", "choices": ["match_rms_adamw", "original"]})
     muon_qkv: str = field(default="whole", metadata={
-        "help": "Orthogonalize c_attn as one 3C x C matrix, or as query, key and value apart.",
+        "help": "With muon: orthogonalize c_attn as one 3C x C matrix, or as query, key and value apart.",
         "choices": ["whole", "split"]})
     lr_schedule: str = field(default="cosine", metadata={
         "help": "cosine: warm-up then cosine decay. wsd: warm-up, stable, then linear decay over decay_fraction.",
@@ -69,58 +81,77 @@ class OptimizationArguments:
     adam_beta2: float = 0.95
     adam_epsilon: float = 1e-8
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 turns it off)."})
-    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16.",
-                                                           "choices": ["no", "bf16", "fp16"]})
-    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls on Ampere and newer GPUs."})
-    ddp_bucket_cap_mb: int = field(default=25, metadata={"help": "DDP all-reduce bucket size in MiB (fewer, larger "
-                                                         "collectives when raised)."})
-    ddp_comm_hook: str = field(default="no", metadata={"help": "Compress gradients to bf16 or fp16 for the all-reduce "
-                                                       "(half the bytes; for nodes without NVLink).",
-                                                       "choices": ["no", "bf16", "fp16"]})
-    seed: int = 1337
     on_nonfinite: str = field(default="stop", metadata={"help": "When loss or gradient norm is NaN/inf: stop the "
                                                         "run, or skip the step.", "choices": ["stop", "skip"]})
 
 
 @dataclass
-class LoggingArguments:
-    output_dir: str = field(default="outputs/gpt2_124m", metadata={"help": "Logs, checkpoints, final model."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a directory of another run."})
-    log_every: int = field(default=10, metadata={"help": "Optimizer steps between logged training metrics."})
-    eval_every: int = field(default=250, metadata={"help": "Steps between validation losses (0: only at the end)."})
+class AcceleratorArguments:
+    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16.",
+                                                           "choices": ["no", "bf16", "fp16"]})
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls on Ampere and newer GPUs."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (inductor)."})
+    compile_mode: str = field(default="default", metadata={
+        "help": "With compile: inductor's mode; reduce-overhead adds CUDA graphs, max-autotune searches kernels "
+                "(long warmup).", "choices": ["default", "reduce-overhead", "max-autotune",
+                                              "max-autotune-no-cudagraphs"]})
+    ddp_bucket_cap_mb: int = field(default=25, metadata={"help": "DDP all-reduce bucket size in MiB (fewer, larger "
+                                                         "collectives when raised)."})
+    ddp_comm_hook: str = field(default="no", metadata={"help": "Compress gradients to bf16 or fp16 for the all-reduce "
+                                                       "(half the bytes; for nodes without NVLink).",
+                                                       "choices": ["no", "bf16", "fp16"]})
+
+
+@dataclass
+class EvaluationArguments:
+    eval_every: int = every(250, "validation losses")
     eval_tokens: int = field(default=DEFAULT_EVAL_TOKENS, metadata={"help": "Validation tokens per evaluation, for "
                                                                     "any number of processes."})
-    sample_every: int = field(default=250, metadata={"help": "Steps between text samples (0: never)."})
+    hellaswag_every: int = every(NEVER, "HellaSwag evaluations")
+    hellaswag_file: str | None = field(default=None, metadata={"help": "HellaSwag-schema JSONL (default: hub)."})
+    sample_every: int = every(250, "text samples")
     sample_prompt: str = "Hello, I'm a language model,"
     num_samples: int = 4
     sample_tokens: int = 32
-    hellaswag_every: int = field(default=0, metadata={"help": "Steps between HellaSwag evaluations (0: never)."})
-    hellaswag_file: str | None = field(default=None, metadata={"help": "HellaSwag-schema JSONL (default: hub)."})
+
+
+@dataclass
+class OutputArguments:
+    output_dir: str = field(default="outputs/gpt2_124m", metadata={"help": "Logs, checkpoints, final model."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a directory of another run."})
+    log_every: int = every(10, "logged training metrics")
     report_to: str = field(default="tensorboard", metadata={"help": "Accelerate trackers, comma-separated, or none."})
+    final_format: str = field(default="gpt2", metadata={
+        "help": "final/ as gpt2: a plain GPT-2 that every GPT-2 tool loads (no remote code), or scratch: this "
+                "model's class, which loads with trust_remote_code=True.", "choices": ["gpt2", "scratch"]})
 
 
 @dataclass
 class CheckpointArguments:
-    save_every: int = field(default=1000, metadata={"help": "Steps between checkpoints (0: only at the end)."})
-    keep_last: int = field(default=3, metadata={"help": "Checkpoints kept on disk."})
+    save_every: int = every(1000, "checkpoints")
+    keep_last: int = field(default=3, metadata={"help": "Checkpoints kept on disk (0: all)."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint dir."})
-    export_gpt2: bool = field(default=True, metadata={"help": "Also save the final model as stock GPT-2."})
 
 
 @dataclass
 class HubArguments:
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model, tokenizer and model card."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload final/, its tokenizer and model card."})
     hub_model_id: str | None = field(default=None, metadata={"help": "USER/NAME of the hub repository."})
     hub_private: bool = field(default=False, metadata={"help": "Create the repository private."})
-    hub_format: str = field(default="scratch", metadata={
-        "help": "Push this model (loads with trust_remote_code) or its stock GPT-2 export (loads in any GPT-2 tool).",
-        "choices": ["scratch", "gpt2"]})
 
 
 CONFIG_SECTIONS = {
     "model": ModelArguments, "data": DataArguments, "optimization": OptimizationArguments,
-    "logging": LoggingArguments, "checkpointing": CheckpointArguments, "hub": HubArguments,
+    "accelerator": AcceleratorArguments, "evaluation": EvaluationArguments, "output": OutputArguments,
+    "checkpointing": CheckpointArguments, "hub": HubArguments,
 }  # fmt: skip
+SECTION_OF = {f.name: section for section, cls in CONFIG_SECTIONS.items() for f in fields(cls)}
+OLD_SECTIONS = {"logging"}  # split by concern into evaluation and output
+# Settings that were replaced, and what to use instead.
+REPLACED = {
+    "export_gpt2": "final_format (output): final/ is a plain GPT-2 by default; scratch keeps this model's class",
+    "hub_format": "final_format (output): the hub gets final/, a plain GPT-2 by default",
+}
 
 
 @dataclass
@@ -128,7 +159,9 @@ class RunConfig:
     model: ModelArguments
     data: DataArguments
     optimization: OptimizationArguments
-    logging: LoggingArguments
+    accelerator: AcceleratorArguments
+    evaluation: EvaluationArguments
+    output: OutputArguments
     checkpointing: CheckpointArguments
     hub: HubArguments
 
@@ -137,19 +170,27 @@ class RunConfig:
 
 
 def read_yaml_config(path: str) -> dict:
-    """The YAML's sections flattened to field defaults; unknown names are an error with a suggestion."""
+    """The YAML's sections flattened to field defaults; a misplaced, replaced or unknown name is an error that
+    says where it belongs or what it might have meant."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"cannot read config {path}: {error}") from None
     defaults = {}
     for section, values in raw.items():
+        values = values or {}
         if section not in CONFIG_SECTIONS:
+            if section in OLD_SECTIONS:
+                moves = ", ".join(f"{key} under {SECTION_OF[key]}" for key in values)
+                raise ConfigError(f"{path}: there is no section {section!r} any more: put {moves}")
             raise ConfigError(f"{path}: unknown section {section!r}{_suggest(section, CONFIG_SECTIONS)}")
-        known = {f.name for f in fields(CONFIG_SECTIONS[section])}
-        for key, value in (values or {}).items():
-            if key not in known:
-                raise ConfigError(f"{path}: unknown key {section}.{key}{_suggest(key, known)}")
+        for key, value in values.items():
+            if key in REPLACED:
+                raise ConfigError(f"{path}: {section}.{key} was replaced by {REPLACED[key]}")
+            if SECTION_OF.get(key, section) != section:
+                raise ConfigError(f"{path}: {key} belongs under {SECTION_OF[key]}, not {section}")
+            if key not in SECTION_OF:
+                raise ConfigError(f"{path}: unknown key {section}.{key}{_suggest(key, SECTION_OF)}")
             defaults[key] = value
     return defaults
 
@@ -166,10 +207,89 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
         parser.set_defaults(**read_yaml_config(argv.pop(0)))
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
-        options = [a.lstrip("-") for a in parser._option_string_actions if a.startswith("--")]
         flag = unknown[0].lstrip("-").split("=")[0]
+        if flag in REPLACED:
+            raise ConfigError(f"--{flag} was replaced by --{REPLACED[flag]}")
+        options = [a.lstrip("-") for a in parser._option_string_actions if a.startswith("--")]
         raise ConfigError(f"unknown option {unknown[0]}{_suggest(flag, options)}")
     sections = {}
     for name, cls in CONFIG_SECTIONS.items():
         sections[name] = cls(**{f.name: getattr(parsed, f.name) for f in fields(cls)})
-    return RunConfig(**sections)
+    config = RunConfig(**sections)
+    check_values(config)
+    check_for_inert_options(config)
+    return config
+
+
+def check_values(config: RunConfig):
+    """Values no run can use, each named on one line; a warm-up longer than the run is only a warning."""
+    m, d, o, a = config.model, config.data, config.optimization, config.accelerator
+    e, out, c = config.evaluation, config.output, config.checkpointing
+    rules = [
+        (m.n_layer > 0 and m.n_head > 0 and m.n_embd > 0 and m.n_positions > 0,
+         f"model sizes must be positive (n_layer {m.n_layer}, n_head {m.n_head}, n_embd {m.n_embd}, "
+         f"n_positions {m.n_positions})"),
+        (m.n_head <= 0 or m.n_embd % m.n_head == 0,
+         f"--n_embd {m.n_embd} is not divisible by --n_head {m.n_head}: each head needs n_embd / n_head dimensions"),
+        (0 <= m.dropout < 1, f"--dropout {m.dropout} must be in [0, 1)"),
+        (d.micro_batch_size > 0, f"--micro_batch_size {d.micro_batch_size} must be positive"),
+        (d.total_batch_tokens > 0, f"--total_batch_tokens {d.total_batch_tokens} must be positive"),
+        (d.dataloader_workers >= 0, f"--dataloader_workers {d.dataloader_workers} must be 0 or more"),
+        (o.max_steps > 0, f"--max_steps {o.max_steps} must be positive"),
+        (o.learning_rate > 0, f"--learning_rate {o.learning_rate} must be positive"),
+        (o.muon_learning_rate > 0, f"--muon_learning_rate {o.muon_learning_rate} must be positive"),
+        (o.embedding_learning_rate is None or o.embedding_learning_rate > 0,
+         f"--embedding_learning_rate {o.embedding_learning_rate} must be positive"),
+        (0 <= o.muon_momentum < 1, f"--muon_momentum {o.muon_momentum} must be in [0, 1)"),
+        (o.muon_momentum_warmup_steps >= 0, f"--muon_momentum_warmup_steps {o.muon_momentum_warmup_steps} must be "
+                                            "0 or more"),
+        (0 < o.decay_fraction <= 1, f"--decay_fraction {o.decay_fraction} must be in (0, 1]"),
+        (0 <= o.min_lr_ratio <= 1, f"--min_lr_ratio {o.min_lr_ratio} must be in [0, 1]"),
+        (o.warmup_steps >= 0, f"--warmup_steps {o.warmup_steps} must be 0 or more"),
+        (o.weight_decay >= 0, f"--weight_decay {o.weight_decay} must be 0 or more"),
+        (0 <= o.adam_beta1 < 1 and 0 <= o.adam_beta2 < 1,
+         f"--adam_beta1 {o.adam_beta1} and --adam_beta2 {o.adam_beta2} must be in [0, 1)"),
+        (o.adam_epsilon > 0, f"--adam_epsilon {o.adam_epsilon} must be positive"),
+        (o.max_grad_norm >= 0, f"--max_grad_norm {o.max_grad_norm} must be 0 (off) or positive"),
+        (a.ddp_bucket_cap_mb > 0, f"--ddp_bucket_cap_mb {a.ddp_bucket_cap_mb} must be positive"),
+        (e.eval_tokens > 0, f"--eval_tokens {e.eval_tokens} must be positive"),
+        (e.num_samples > 0 and e.sample_tokens > 0,
+         f"--num_samples {e.num_samples} and --sample_tokens {e.sample_tokens} must be positive"),
+        (c.keep_last >= 0, f"--keep_last {c.keep_last} must be 0 (all) or more"),
+    ]
+    for name, value in (("log_every", out.log_every), ("eval_every", e.eval_every),
+                        ("hellaswag_every", e.hellaswag_every), ("sample_every", e.sample_every),
+                        ("save_every", c.save_every)):
+        rules.append((value >= NEVER, f"--{name} {value} must be a step count, 0 (only after the last step) "
+                                      "or -1 (never)"))
+    for holds, message in rules:
+        if not holds:
+            raise ConfigError(message)
+    if o.warmup_steps > o.max_steps:
+        warnings.warn(f"--warmup_steps {o.warmup_steps} is longer than the run ({o.max_steps} steps): the learning "
+                      "rate never reaches its peak", stacklevel=2)
+
+
+def check_for_inert_options(config: RunConfig):
+    """Options set away from their defaults that the chosen settings would silently ignore."""
+    o, e = config.optimization, config.evaluation
+    muon = ("embedding_learning_rate", "muon_learning_rate", "muon_momentum", "muon_momentum_warmup_steps",
+            "muon_adjust_lr", "muon_qkv")
+    conditions = [
+        (o.optimizer == "muon", muon, "--optimizer muon"),
+        (o.lr_schedule == "wsd", ("decay_fraction",), "--lr_schedule wsd"),
+        (config.accelerator.compile, ("compile_mode",), "--compile true"),
+        (config.hub.push_to_hub, ("hub_model_id", "hub_private"), "--push_to_hub true"),
+        (e.hellaswag_every != NEVER, ("hellaswag_file",), "--hellaswag_every 0 or more"),
+        (e.sample_every != NEVER, ("sample_prompt", "num_samples", "sample_tokens"), "--sample_every 0 or more"),
+        (e.eval_every != NEVER, ("eval_tokens",), "--eval_every 0 or more"),
+        (config.checkpointing.save_every != NEVER, ("keep_last",), "--save_every 0 or more"),
+    ]
+    for acts, names, needs in conditions:
+        if acts:
+            continue
+        for name in names:
+            section = getattr(config, SECTION_OF[name])
+            default = next(f.default for f in fields(section) if f.name == name)
+            if getattr(section, name) != default:
+                raise ConfigError(f"--{name} acts only with {needs}; drop it or set that too")

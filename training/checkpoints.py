@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from formats.packed_data import identity_difference
 from training.arguments import ConfigError, RunConfig
 
 RUN_STATE_FILE = "trainer_state.json"
@@ -118,11 +119,28 @@ def resolve_resume(config: RunConfig, output_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_fingerprint: dict, data_dir: str) -> int:
-    """Restore model, optimizer, schedule and RNG states; returns the optimizer step to continue from."""
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_identity: dict, metadata: dict,
+                    data_dir: str) -> int:
+    """Restore model, optimizer, schedule and RNG states; returns the optimizer step to continue from.
+
+    The checkpoint's data must be this data by content (`formats.packed_data.data_identity`); a checkpoint
+    written before data was identified by content names it by the preparation's arguments and time, and
+    resumes only on that very preparation.
+    """
     state = json.loads((checkpoint / RUN_STATE_FILE).read_text())
-    if state.get("data_fingerprint") != data_fingerprint:
-        raise ConfigError(f"{checkpoint} was trained on other data than {data_dir}")
+    recorded = state.get("data_identity")
+    if recorded is not None:
+        difference = identity_difference(recorded, data_identity)
+        if difference:
+            raise ConfigError(f"{checkpoint} was trained on other data than {data_dir} ({difference})")
+    else:
+        legacy = state.get("data_fingerprint") or {}
+        here = {"arguments": metadata.get("arguments"), "created": metadata.get("created"),
+                "block_size": metadata.get("block_size")}
+        if legacy != here:
+            raise ConfigError(
+                f"{checkpoint} predates data identity by content: it names its data by the preparation of "
+                f"{legacy.get('created')} and resumes only on that one ({data_dir} was prepared {here['created']})")
     accelerator.load_state(str(checkpoint))
     accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
     return state["step"]
@@ -144,6 +162,6 @@ def check_run_directory(config: RunConfig, output_dir: Path, resuming: bool):
     # `latest` is how a requeued job relaunches: the directory holds this very run, maybe without a checkpoint yet.
     if not previous.exists() or resuming or config.checkpointing.resume_from_checkpoint == "latest":
         return
-    if not config.logging.overwrite_output_dir:
+    if not config.output.overwrite_output_dir:
         raise ConfigError(f"{output_dir} holds another run; resume it (--resume_from_checkpoint latest) or pass "
                           "--overwrite_output_dir")

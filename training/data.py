@@ -11,12 +11,13 @@ from eval import hellaswag
 from formats.packed_data import (
     NotPreparedError,
     PackedRows,
+    data_identity,
     inputs_and_targets,
     load_splits,
     load_tokenizer,
     read_metadata,
 )
-from training.arguments import ConfigError, RunConfig
+from training.arguments import NEVER, ConfigError, RunConfig
 
 
 class RowBatches(torch.utils.data.Dataset):
@@ -91,6 +92,7 @@ class TrainingData:
     rows_per_step: int  # micro-batch x accumulation x processes
     world_size: int
     hellaswag: list | None  # examples, when the loop evaluates HellaSwag
+    identity: dict  # formats.packed_data.data_identity: what a checkpoint records of its data
 
 
 def gradient_accumulation_steps(config: RunConfig, block_size: int, world_size: int) -> int:
@@ -120,19 +122,20 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
     if len(train) < step_rows:
         raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {step_rows}")
     examples = None
-    if config.logging.hellaswag_every:
+    if config.evaluation.hellaswag_every != NEVER:
         try:
-            examples = hellaswag.load_examples(config.logging.hellaswag_file)
+            examples = hellaswag.load_examples(config.evaluation.hellaswag_file)
         except (hellaswag.HellaSwagDataError, OSError) as error:
             raise ConfigError(str(error)) from None
+    identity = data_identity(metadata, splits)
     return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, step_rows, world_size,
-                        examples)
+                        examples, identity)
 
 
 def batch_order(data: TrainingData, config: RunConfig, rank: int, start_step: int) -> TrainBatchOrder:
     """This process's micro-batches of the run, from `start_step` on."""
     return TrainBatchOrder(len(data.train), config.data.micro_batch_size, data.accumulation, data.world_size, rank,
-                           config.optimization.seed, start_step)
+                           config.data.seed, start_step)
 
 
 def train_batches(data: TrainingData, order: TrainBatchOrder, config: RunConfig, accelerator: Accelerator):
@@ -144,9 +147,3 @@ def train_batches(data: TrainingData, order: TrainBatchOrder, config: RunConfig,
     )
     for inputs, targets in loader:
         yield inputs.to(accelerator.device, non_blocking=True), targets.to(accelerator.device, non_blocking=True)
-
-
-def data_fingerprint(data: TrainingData) -> dict:
-    """What identifies the prepared data a checkpoint was trained on."""
-    meta = data.metadata
-    return {"arguments": meta["arguments"], "created": meta["created"], "block_size": meta["block_size"]}

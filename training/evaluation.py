@@ -12,7 +12,7 @@ from training.data import TrainingData
 
 def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Accelerator) -> float:
     """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes."""
-    rows = validation_rows(len(data.validation), config.logging.eval_tokens, data.block_size)
+    rows = validation_rows(len(data.validation), config.evaluation.eval_tokens, data.block_size)
     mine = np.arange(accelerator.process_index, rows, accelerator.num_processes)
     batches = row_batches(data.validation.rows, mine, config.data.micro_batch_size)
     return validation_loss(model, batches, accelerator)
@@ -29,13 +29,14 @@ def generate_samples(model, tokenizer, config: RunConfig, accelerator: Accelerat
     """Top-k 50 continuations of the prompt through the model's own `generate`, seeded by the step."""
     unwrapped = eager_module(model, accelerator)
     unwrapped.eval()
-    prompt = tokenizer(config.logging.sample_prompt, return_tensors="pt").input_ids.to(accelerator.device)
-    prompt = prompt.repeat(config.logging.num_samples, 1)
+    prompt = tokenizer(config.evaluation.sample_prompt, return_tensors="pt").input_ids.to(accelerator.device)
+    prompt = prompt.repeat(config.evaluation.num_samples, 1)
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-        torch.manual_seed(config.optimization.seed + step)
+        torch.manual_seed(config.data.seed + step)
         with accelerator.autocast():
             out = unwrapped.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=50,
-                                     max_new_tokens=config.logging.sample_tokens, pad_token_id=tokenizer.eos_token_id)
+                                     max_new_tokens=config.evaluation.sample_tokens,
+                                     pad_token_id=tokenizer.eos_token_id)
     unwrapped.train()
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 

@@ -1,4 +1,4 @@
-"""The end of a run: the model saved for transformers, its stock GPT-2 export, the model card, the hub upload."""
+"""The end of a run: final/ (a plain GPT-2 by default), its tokenizer, model card and curves; the hub upload."""
 
 import shutil
 import sys
@@ -20,36 +20,40 @@ from training.evaluation import eager_module
 HUB_EXIT_CODE = 5  # trained and saved, but the upload failed
 
 
-CURVES_FILE = "training_curves.png"  # eval.plot's picture of the run, beside the log and in the final folders
+CURVES_FILE = "training_curves.png"  # eval.plot's picture of the run, beside the log and in final/
 
 
-def final_model_dir(output_dir: Path, stock_gpt2: bool = False) -> Path:
-    return output_dir / ("final_gpt2" if stock_gpt2 else "final")
+def final_model_dir(output_dir: Path) -> Path:
+    return output_dir / "final"
 
 
 def save_final_model(model, data: TrainingData, config: RunConfig, accelerator: Accelerator, output_dir: Path):
-    """`final/` (this model) and `final_gpt2/` (stock GPT-2), each with the tokenizer and a model card."""
+    """`final/`: one copy of the weights (stock `GPT2LMHeadModel`, or this model's class with `--final_format
+    scratch`), the tokenizer, the model card and the training curves. Our class loads either
+    (`--init_from final/` continues training)."""
     accelerator.wait_for_everyone()
     unwrapped = eager_module(model, accelerator)
+    state = accelerator.get_state_dict(unwrapped)  # whole on the main process, FSDP shards gathered
     final_dir = final_model_dir(output_dir)
-    unwrapped.save_pretrained(final_dir, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save, state_dict=accelerator.get_state_dict(unwrapped))
+    if config.output.final_format == "scratch":
+        unwrapped.save_pretrained(final_dir, is_main_process=accelerator.is_main_process,
+                                  save_function=accelerator.save, state_dict=state)
+        saved = unwrapped
+    elif accelerator.is_main_process:
+        saved = unwrapped.to_gpt2(state)
+        saved.save_pretrained(final_dir)
     if accelerator.is_main_process:
-        curves = plot_run(output_dir / LOG_FILE, output_dir / CURVES_FILE, {},
-                          references=data.metadata["source"]["dataset"] == FINEWEB_EDU)
         data.tokenizer.save_pretrained(final_dir)
-        model_card(unwrapped, data, config, output_dir, stock_gpt2=False).save(final_dir / "README.md")
-        shutil.copyfile(curves, final_dir / CURVES_FILE)
-        if config.checkpointing.export_gpt2:
-            gpt2_dir, stock = final_model_dir(output_dir, stock_gpt2=True), unwrapped.to_gpt2()
-            stock.save_pretrained(gpt2_dir)
-            data.tokenizer.save_pretrained(gpt2_dir)
-            model_card(stock, data, config, output_dir, stock_gpt2=True).save(gpt2_dir / "README.md")
-            shutil.copyfile(curves, gpt2_dir / CURVES_FILE)
+        if (output_dir / LOG_FILE).exists():  # a run that logged nothing (every job at -1) has no curves
+            curves = plot_run(output_dir / LOG_FILE, output_dir / CURVES_FILE, {},
+                              references=data.metadata["source"]["dataset"] == FINEWEB_EDU)
+            shutil.copyfile(curves, final_dir / CURVES_FILE)
+        model_card(saved, data, config, output_dir).save(final_dir / "README.md")
+    accelerator.wait_for_everyone()
     return final_dir
 
 
-def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, stock_gpt2: bool) -> ModelCard:
+def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path) -> ModelCard:
     """The README.md beside the final weights, pushed with them: what was trained, on what, how it scored."""
     source = data.metadata["source"]
     on_hub = not is_local_source(source)
@@ -63,8 +67,9 @@ def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path, s
                              tags=["gpt2", "gpt2-scratch", "pretraining"],
                              datasets=[source["dataset"]] if on_hub else None,
                              model_name=title, eval_results=eval_results or None)
-    name = config.hub.hub_model_id or str(final_model_dir(output_dir, stock_gpt2))
-    return ModelCard(card_text(model, data, config, metadata, title, name, corpus, rows, stock_gpt2))
+    name = config.hub.hub_model_id or str(final_model_dir(output_dir))
+    has_curves = (final_model_dir(output_dir) / CURVES_FILE).exists()
+    return ModelCard(card_text(model, data, config, metadata, title, name, corpus, rows, has_curves))
 
 
 def last_scores(log: dict, data: TrainingData, config: RunConfig, corpus: str, on_hub: bool):
@@ -72,7 +77,7 @@ def last_scores(log: dict, data: TrainingData, config: RunConfig, corpus: str, o
     rows, eval_results = [], []
     if log.get("eval"):
         evaluation = log["eval"][-1]
-        tokens = validation_rows(len(data.validation), config.logging.eval_tokens, data.block_size) * data.block_size
+        tokens = validation_rows(len(data.validation), config.evaluation.eval_tokens, data.block_size) * data.block_size
         rows.append(f"| validation loss, {tokens:,} held-out tokens (step {evaluation['step']:,}) | "
                     f"{evaluation['val_loss']:.4f} |")
         eval_results.append(EvalResult(
@@ -82,23 +87,26 @@ def last_scores(log: dict, data: TrainingData, config: RunConfig, corpus: str, o
             dataset_name=f"held-out split of {corpus}", dataset_split="validation"))
     if log.get("hellaswag"):
         swag = log["hellaswag"][-1]
-        swag_data = config.logging.hellaswag_file or f"{hellaswag.HUB_DATASET} validation"
+        swag_data = config.evaluation.hellaswag_file or f"{hellaswag.HUB_DATASET} validation"
         rows.append(f"| HellaSwag-schema `acc_norm`, {swag['examples']:,} examples, "
                     f"{swag_data} (step {swag['step']:,}) | {swag['acc_norm']:.4f} |")
         eval_results.append(EvalResult(
             task_type="multiple-choice", task_name="HellaSwag (the reproduction's scoring)", metric_type="acc_norm",
             metric_value=round(swag["acc_norm"], 4), dataset_name=swag_data, dataset_split="validation",
-            dataset_type="local" if config.logging.hellaswag_file else hellaswag.HUB_DATASET))
+            dataset_type="local" if config.evaluation.hellaswag_file else hellaswag.HUB_DATASET))
     return rows, eval_results
 
 
 def card_text(model, data: TrainingData, config: RunConfig, metadata: ModelCardData, title: str, name: str,
-              corpus: str, rows: list[str], stock_gpt2: bool) -> str:
+              corpus: str, rows: list[str], has_curves: bool) -> str:
     c, o, tokens_per_step = model.config, config.optimization, config.data.total_batch_tokens
     start = f"from `{config.model.init_from}`" if config.model.init_from else "from scratch"
-    stock_note = " Saved as stock `GPT2LMHeadModel`." if stock_gpt2 else ""
+    stock_gpt2 = config.output.final_format == "gpt2"
+    stock_note = (" Saved as a plain GPT-2 (`GPT2LMHeadModel`): any GPT-2 tool loads it, no remote code."
+                  if stock_gpt2 else " Saved in gpt2-scratch's own class: it loads with `trust_remote_code=True`.")
     load_args = "" if stock_gpt2 else ", trust_remote_code=True"
     lm_eval_args = f"pretrained={name}" + ("" if stock_gpt2 else ",trust_remote_code=True")
+    curves = f"\n![Training curves]({CURVES_FILE})\n" if has_curves else ""
     return f"""---
 {metadata.to_yaml()}
 ---
@@ -113,9 +121,7 @@ on {corpus}, tokenized with `{data.metadata["tokenizer"]["name_or_path"]}`.
 | measure | value |
 | --- | --- |
 {chr(10).join(rows) or "| (no evaluation logged) | |"}
-
-![Training curves]({CURVES_FILE})
-
+{curves}
 ## Use
 
 ```python
@@ -149,7 +155,7 @@ def create_hub_repo(config: RunConfig):
 
 def push_final_model(output_dir: Path, config: RunConfig) -> int:
     """Upload the saved folder as one commit; on failure the model stays on disk and the message says how to retry."""
-    folder = final_model_dir(output_dir, stock_gpt2=config.hub.hub_format == "gpt2")
+    folder = final_model_dir(output_dir)
     try:
         url = HfApi().upload_folder(repo_id=config.hub.hub_model_id, folder_path=folder,
                                     commit_message=f"gpt2-scratch: {config.optimization.max_steps:,} steps")
