@@ -26,19 +26,28 @@ from configuration import GPT2ScratchConfig
 from formats.run_log import LOG_FILE, RunLog
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import build_accelerator
-from training.arguments import NEVER, ConfigError, RunConfig, parse_config
+from training.arguments import AUTO, NEVER, ConfigError, RunConfig, parse_config
 from training.checkpoints import (
     CheckpointError,
     check_disk_space,
     check_run_directory,
+    checkpoint_manifest,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
 )
-from training.data import TrainingData, batch_order, build_data, train_batches
+from training.data import TrainingData, batch_order, build_data, max_micro_batch, train_batches
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.final_model import create_hub_repo, push_final_model, save_final_model
 from training.measurement import ThroughputMeter
+from training.memory import (
+    OUT_OF_MEMORY_EXIT_CODE,
+    OutOfMemory,
+    find_micro_batch,
+    is_out_of_memory,
+    out_of_memory_message,
+    setup_report,
+)
 from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step
 
@@ -72,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"run_pretrain.py: error: {error}", file=sys.stderr)
         return CHECKPOINT_EXIT_CODE
+    except OutOfMemory as error:
+        print(f"run_pretrain.py: error: {error}", file=sys.stderr)
+        return OUT_OF_MEMORY_EXIT_CODE
 
 
 def run(config: RunConfig) -> int:
@@ -84,24 +96,30 @@ def run(config: RunConfig) -> int:
     accelerator = build_accelerator(config)
     if accelerator.num_processes != world_size:
         raise ConfigError(f"accelerate runs {accelerator.num_processes} processes but WORLD_SIZE is {world_size}")
+    if accelerator.mixed_precision == "fp16" and config.optimization.optimizer == "muon":
+        raise ConfigError("--optimizer muon orthogonalizes in bf16, which this device lacks (fp16 chosen): use "
+                          "--optimizer adamw here, or a GPU with bf16")
     set_seed(config.data.seed)
     model = build_model(config, data).to(accelerator.device)  # on its device before a fused AdamW sees it
     check_disk_space(output_dir, model.num_parameters())
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizers = build_optimizer(model, config, accelerator.device)
+    choose_micro_batch(config, data, model, optimizers, accelerator, resume_from)  # eager, before compiling
     model = optimizers.prepare(model, accelerator)
     start_step = 0
     if resume_from is not None:
         start_step = load_checkpoint(accelerator, resume_from, data.identity, data.metadata, config.data.data_dir)
     log = start_log(config, accelerator, output_dir, resume_from, start_step)
     state = Run(config, accelerator, model, optimizers, data, output_dir, log, start_step)
-    accelerator.print(
-        f"{accelerator.unwrap_model(model).num_parameters():,} parameters, {accelerator.num_processes} processes, "
-        f"micro-batch {config.data.micro_batch_size} x {data.block_size}, accumulation {data.accumulation}, "
-        f"{config.data.total_batch_tokens:,} tokens per step, {len(data.train):,} training rows"
-    )
-    status = train(state)
+    report_setup(state)
+    try:
+        status = train(state)
+    except RuntimeError as error:  # torch.OutOfMemoryError, and the CPU allocator's and cuDNN's equivalents
+        if not is_out_of_memory(error):
+            raise
+        raise OutOfMemory(out_of_memory_message(config.data.micro_batch_size, data.block_size,
+                                                accelerator.device)) from None
     if status == 0:
         final_dir = save_final_model(model, data, config, accelerator, output_dir)
         accelerator.print(f"saved {final_dir}")
@@ -119,6 +137,33 @@ def check_before_start(config: RunConfig, output_dir: Path) -> Path | None:
     resume_from = resolve_resume(config, output_dir)
     check_run_directory(config, output_dir, resuming=resume_from is not None)
     return resume_from
+
+
+def choose_micro_batch(config: RunConfig, data: TrainingData, model, optimizers: Optimizers, accelerator: Accelerator,
+                       resume_from: Path | None):
+    """`--micro_batch_size auto`: a resumed run keeps the micro-batch it had; otherwise the largest that fits
+    every process. Accumulation follows, so the tokens per step, the data order and the results do not change."""
+    if config.data.micro_batch_size != AUTO:
+        return
+    rows_per_process = max_micro_batch(config, data.block_size, accelerator.num_processes)
+    recorded = checkpoint_manifest(resume_from).get("micro_batch_size") if resume_from else None
+    if recorded is not None:
+        chosen = recorded
+    else:
+        chosen = find_micro_batch(model, optimizers, accelerator, rows_per_process, data.block_size,
+                                  data.metadata["tokenizer"]["vocab_size"])
+    config.data.micro_batch_size = chosen
+    data.accumulation = rows_per_process // chosen
+    accelerator.print(f"micro-batch auto: {chosen} x {data.block_size}, accumulation {data.accumulation}"
+                      + (f" (as {resume_from} trained)" if recorded is not None else " (the largest that fits)"))
+
+
+def report_setup(run: Run):
+    """What the device gets, printed and logged: precision, attention kernel, micro-batch, and memory."""
+    report = setup_report(run.config, run.data.block_size, run.data.accumulation,
+                          run.accelerator.unwrap_model(run.model), run.accelerator)
+    run.accelerator.print(report.pop("summary"))
+    run.log.write("setup", run.start_step, **report)
 
 
 def start_log(config: RunConfig, accelerator: Accelerator, output_dir: Path, resume_from: Path | None,
@@ -172,7 +217,9 @@ def train(run: Run) -> int:
     for step in run.progress:
         done = step + 1
         result = train_step(run.model, batches, run.data.accumulation, config, accelerator)
-        nonfinite, preempted = finish_step(run.optimizers, result, preemption.raised, accelerator)
+        nonfinite, preempted, overflow = finish_step(run.optimizers, result, preemption.raised, accelerator)
+        if overflow:  # fp16's dynamic loss scaling at work: not a broken run
+            run.log.write("overflow", done, scale=accelerator.scaler.get_scale(), loss=result.loss.item())
         if nonfinite:
             run.log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
                           grad_norm=result.grad_norm.item())
@@ -259,7 +306,7 @@ def write_samples(run: Run, done: int):
 
 def checkpoint(run: Run, done: int):
     save_checkpoint(run.accelerator, run.output_dir, done, run.config.checkpointing.keep_last,
-                    {"data_identity": run.data.identity})
+                    {"data_identity": run.data.identity, "micro_batch_size": run.config.data.micro_batch_size})
 
 
 def is_due(step: int, every: int, last_step: int) -> bool:

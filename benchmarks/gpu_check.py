@@ -127,7 +127,7 @@ def smoke_plan() -> Plan:
         throughput_flags=["--size", "tiny", "--no-compile", "--warmup", "1", "--steps", "2", "--profile_steps", "1"],
         recipe_prepare_flags=["--max_documents", "1000", "--block_size", "64"],
         recipe_flags=["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--n_positions", "64",
-                      "--micro_batch_size", "4", "--total_batch_tokens", "512", "--compile", "false",
+                      "--total_batch_tokens", "512", "--compile", "false",
                       "--dataloader_workers", "0", "--eval_tokens", "2048", "--sample_tokens", "8"],
         # generous for a shared 2-core machine; it takes about a minute
         budgets=dict(environment=30, correctness=60, throughput=60, muon=40, hellaswag=40, recipe=90),
@@ -578,7 +578,7 @@ def stage_recipe(stage: Stage) -> dict:
              "--output_dir", str(run_dir), "--max_steps", str(steps), "--warmup_steps", str(half),
              "--log_every", str(max(1, steps // 4)), "--eval_every", str(half), "--eval_tokens", "65536",
              "--sample_every", str(half), "--save_every", str(half), "--hellaswag_every", str(steps),
-             "--hellaswag_file", str(cloze), "--report_to", "none", *plan.recipe_flags]
+             "--hellaswag_file", str(cloze), "--micro_batch_size", "auto", "--report_to", "none", *plan.recipe_flags]
     exit_code = subprocess.run(train, cwd=REPO_ROOT).returncode
     finished = time.perf_counter()
     log = read_log(run_dir / LOG_FILE) if (run_dir / LOG_FILE).exists() else {}
@@ -594,6 +594,7 @@ def stage_recipe(stage: Stage) -> dict:
         "val_loss": [r["val_loss"] for r in log.get("eval", [])],
         "hellaswag": log.get("hellaswag", [{}])[-1].get("acc_norm"),
         "samples": (log.get("samples") or [{}])[-1].get("samples"),
+        "setup": (log.get("setup") or [{}])[0],  # what --mixed_precision auto and --micro_batch_size auto chose
     }
     peak = stage.measured_peak()
     if record["mfu_vs_datasheet"] and peak:
@@ -609,6 +610,8 @@ def stage_recipe(stage: Stage) -> dict:
         "recipe: whole path (prepare, train, eval, HellaSwag, samples, checkpoints, final GPT-2)":
             "works" if record["ok"] else f"FAILED (exit {exit_code}, missing {record['missing_outputs']})",
         "recipe: prepare / train wall time": f"{record['prepare_seconds']:.0f} s / {record['train_seconds']:.0f} s",
+        "recipe: auto chose": "precision {precision}, micro-batch {micro_batch_size} x accumulation {accumulation}, "
+                              "attention {attention}".format(**record["setup"]) if record["setup"] else "not logged",
     }
     return record
 

@@ -256,3 +256,13 @@ def expect_error(capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars may come before it
     assert err.startswith("prepare_data.py: error:"), err
     assert message in err, err
+
+
+def patched_run_pretrain(folder: Path, patch: str) -> Path:
+    """A script that runs run_pretrain.py's main() after `patch`, source that replaces a function of the kit:
+    the device or fault a test stands in for, in processes of their own (a launcher's, or one Accelerate
+    state that must differ from the test process's)."""
+    script = folder / "patched_run_pretrain.py"
+    script.write_text("import os\nimport sys\n\nimport torch\n\nimport run_pretrain\n" + patch
+                      + "\nsys.exit(run_pretrain.main(sys.argv[1:]))\n")
+    return script

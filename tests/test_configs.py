@@ -24,7 +24,7 @@ def test_124m_recipe_is_the_reproduction():
     assert (o.adam_beta1, o.adam_beta2, o.adam_epsilon, o.weight_decay) == (0.9, 0.95, 1e-8, 0.1)
     assert (o.learning_rate, o.min_lr_ratio, o.warmup_steps, o.max_steps) == (6e-4, 0.1, 715, 19073)
     a = c.accelerator
-    assert (o.max_grad_norm, a.mixed_precision, a.tf32, c.data.seed, a.compile) == (1.0, "bf16", True, 1337, True)
+    assert (o.max_grad_norm, a.mixed_precision, a.tf32, c.data.seed, a.compile) == (1.0, "auto", True, 1337, True)
     assert c.output.final_format == "gpt2"
 
 

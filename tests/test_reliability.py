@@ -17,7 +17,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import REPO_ROOT, logged_train_steps, prepare_tiny_data, sigkill_during, tiny_config, tiny_run_args
+from conftest import (
+    REPO_ROOT,
+    logged_train_steps,
+    patched_run_pretrain,
+    prepare_tiny_data,
+    sigkill_during,
+    tiny_config,
+    tiny_run_args,
+)
 from safetensors.torch import load_file
 
 import run_pretrain
@@ -261,3 +269,52 @@ def test_a_checkpoint_from_before_data_identity_resumes_only_on_its_own_preparat
     assert run_pretrain.main(tiny_run_args(again, tmp_path / "refused", max_steps=4,
                                            resume_from_checkpoint=checkpoint)) == 2
     assert "predates data identity by content: it names its data by the preparation of" in capsys.readouterr().err
+
+
+FP16_ON_CPU = """
+real = run_pretrain.build_accelerator
+
+
+def with_cpu_scaler(config):
+    # Accelerate enters fp16 only on GPUs: on CPU it gives no autocast and no scaler. These two lines give it
+    # CPU fp16 autocast and torch's CPU GradScaler, so its own fp16 path runs (scaled backward, unscaling
+    # before clipping, the scaler's step and update, save_state / load_state of the scaler). The first loss
+    # scale is far too high, so the first steps overflow, as fp16 training's first steps do.
+    accelerator = real(config)
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
+    return accelerator
+
+
+run_pretrain.build_accelerator = with_cpu_scaler
+"""
+
+
+@pytest.mark.slow
+def test_fp16_overflow_steps_are_skipped_logged_and_the_scaler_resumes(tiny_data, tmp_path):
+    """Layer exercised: Accelerate's fp16 machinery and the loop's handling of it, on CPU (see FP16_ON_CPU)."""
+    script = patched_run_pretrain(tmp_path, FP16_ON_CPU)
+
+    def run(out, **overrides):
+        args = tiny_run_args(tiny_data, out, mixed_precision="fp16", max_steps=6, save_every=3, **overrides)
+        return subprocess.run([sys.executable, str(script), *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    straight = run(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]  # overflows are not a non-finite stop
+    overflows = records(tmp_path / "straight", "overflow")
+    scales = [r["scale"] for r in overflows]
+    assert len(overflows) >= 2 and scales == [2.0**126 / 2**i for i in range(len(scales))]  # halved each time
+    assert not records(tmp_path / "straight", "nonfinite")
+    trained = [r["step"] for r in records(tmp_path / "straight", "train")]
+    assert trained == [1, 2, 3, 4, 5, 6]  # the schedule and the data went on through the skipped steps
+    assert (tmp_path / "straight" / "checkpoints" / "step_0000003" / "scaler.pt").exists()
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step_0000003", resumed_dir / "step_0000003")
+    resumed = run(resumed_dir / "run", resume_from_checkpoint=resumed_dir / "step_0000003")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    later = [(r["step"], r["scale"]) for r in overflows if r["step"] > 3]
+    assert [(r["step"], r["scale"]) for r in records(resumed_dir / "run", "overflow")] == later  # the scale resumed
+    straight_losses = [(r["step"], r["loss"]) for r in records(tmp_path / "straight", "train")]
+    assert [(r["step"], r["loss"]) for r in records(resumed_dir / "run", "train")] == straight_losses[3:]

@@ -156,12 +156,12 @@ def test_0_runs_a_job_only_after_the_last_step_and_minus_1_never(tiny_data, tmp_
     assert run_pretrain.main(tiny_run_args(tiny_data, at_end, max_steps=4, num_samples=1, sample_tokens=4,
                                            **dict.fromkeys(jobs, 0))) == 0
     logged = [(r["type"], r["step"]) for r in map(json.loads, open(at_end / "log.jsonl"))]
-    assert logged == [("train", 4), ("eval", 4), ("samples", 4)]
+    assert logged == [("setup", 0), ("train", 4), ("eval", 4), ("samples", 4)]
     assert [p.name for p in (at_end / "checkpoints").iterdir()] == ["step_0000004"]
     # (eval_tokens at its default: a validation budget with no validation would be refused as inert)
     assert run_pretrain.main(tiny_run_args(tiny_data, never, max_steps=4, eval_tokens=DEFAULT_EVAL_TOKENS,
                                            **dict.fromkeys(jobs, -1))) == 0
-    assert not (never / "log.jsonl").exists() or not (never / "log.jsonl").read_text()
+    assert [r["type"] for r in map(json.loads, open(never / "log.jsonl"))] == ["setup"]  # what the device got
     assert not (never / "checkpoints").exists() and (never / "final" / "model.safetensors").exists()
 
 

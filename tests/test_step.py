@@ -65,9 +65,9 @@ def test_finish_step_skips_a_nonfinite_update_and_passes_preemption_on(accelerat
     before = [p.detach().clone() for p in model.parameters()]
     result = train_step(model, iter([batch]), 1, config, accelerator)
     result.loss = torch.tensor(float("nan"))
-    assert finish_step(optimizer, result, False, accelerator) == (True, False)
+    assert finish_step(optimizer, result, False, accelerator) == (True, False, False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
     result = train_step(model, iter([batch]), 1, config, accelerator)
-    assert finish_step(optimizer, result, True, accelerator) == (False, True)
+    assert finish_step(optimizer, result, True, accelerator) == (False, True, False)
     assert not torch.equal(before[0], model.transformer.wte.weight)

@@ -7,6 +7,7 @@ from accelerate import Accelerator
 from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, TorchDynamoPlugin
 
 from training.arguments import RunConfig
+from training.memory import device_precision, has_tf32
 
 
 def compile_plugin(config: RunConfig) -> TorchDynamoPlugin | None:
@@ -25,10 +26,11 @@ def build_accelerator(config: RunConfig) -> Accelerator:
     a = config.accelerator
     trackers = [t for t in config.output.report_to.split(",") if t and t != "none"]
     accelerator = Accelerator(
-        mixed_precision=a.mixed_precision, log_with=trackers or None, project_dir=config.output.output_dir,
-        dynamo_plugin=compile_plugin(config), kwargs_handlers=[ddp_settings(config)],
+        mixed_precision=device_precision(a.mixed_precision), log_with=trackers or None,
+        project_dir=config.output.output_dir, dynamo_plugin=compile_plugin(config),
+        kwargs_handlers=[ddp_settings(config)],
     )
-    if a.tf32 and torch.cuda.is_available():
+    if a.tf32 and has_tf32():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator

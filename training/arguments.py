@@ -23,6 +23,7 @@ class ConfigError(Exception):
 
 
 NEVER = -1  # a periodic job's `*_every` that turns it off
+AUTO = "auto"  # a micro-batch or precision the device decides
 EVERY_HELP = " (0: only after the last step, -1: never)."
 
 
@@ -44,7 +45,9 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_dir: str = field(default="data/fineweb_edu_10B", metadata={"help": "Output of prepare_data.py."})
-    micro_batch_size: int = field(default=64, metadata={"help": "Rows per forward pass on each process."})
+    micro_batch_size: str = field(default="64", metadata={
+        "help": "Rows per forward pass on each process, or auto: the largest that fits this device, found before "
+                "training (accumulation then makes up the tokens per step)."})
     total_batch_tokens: int = field(default=524_288, metadata={"help": "Tokens per optimizer step, all processes."})
     dataloader_workers: int = field(default=2, metadata={"help": "Processes that read batches ahead."})
     seed: int = field(default=1337, metadata={"help": "Seeds the initial weights, the data order and the samples."})
@@ -87,9 +90,10 @@ class OptimizationArguments:
 
 @dataclass
 class AcceleratorArguments:
-    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16.",
-                                                           "choices": ["no", "bf16", "fp16"]})
-    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls on Ampere and newer GPUs."})
+    mixed_precision: str = field(default="auto", metadata={
+        "help": "auto: bf16 where the GPU supports it, fp16 with dynamic loss scaling where not, none on CPU.",
+        "choices": ["auto", "no", "bf16", "fp16"]})
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls where they exist (Ampere and newer GPUs)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (inductor)."})
     compile_mode: str = field(default="default", metadata={
         "help": "With compile: inductor's mode; reduce-overhead adds CUDA graphs, max-autotune searches kernels "
@@ -224,6 +228,11 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
 def check_values(config: RunConfig):
     """Values no run can use, each named on one line; a warm-up longer than the run is only a warning."""
     m, d, o, a = config.model, config.data, config.optimization, config.accelerator
+    if str(d.micro_batch_size) != AUTO:  # a YAML number, or a flag's text
+        try:
+            d.micro_batch_size = int(d.micro_batch_size)
+        except ValueError:
+            raise ConfigError(f"--micro_batch_size {d.micro_batch_size!r} must be a number of rows or auto") from None
     e, out, c = config.evaluation, config.output, config.checkpointing
     rules = [
         (m.n_layer > 0 and m.n_head > 0 and m.n_embd > 0 and m.n_positions > 0,
@@ -232,7 +241,8 @@ def check_values(config: RunConfig):
         (m.n_head <= 0 or m.n_embd % m.n_head == 0,
          f"--n_embd {m.n_embd} is not divisible by --n_head {m.n_head}: each head needs n_embd / n_head dimensions"),
         (0 <= m.dropout < 1, f"--dropout {m.dropout} must be in [0, 1)"),
-        (d.micro_batch_size > 0, f"--micro_batch_size {d.micro_batch_size} must be positive"),
+        (d.micro_batch_size == AUTO or d.micro_batch_size > 0, f"--micro_batch_size {d.micro_batch_size} must be "
+                                                               "positive"),
         (d.total_batch_tokens > 0, f"--total_batch_tokens {d.total_batch_tokens} must be positive"),
         (d.dataloader_workers >= 0, f"--dataloader_workers {d.dataloader_workers} must be 0 or more"),
         (o.max_steps > 0, f"--max_steps {o.max_steps} must be positive"),

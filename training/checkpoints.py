@@ -119,6 +119,11 @@ def resolve_resume(config: RunConfig, output_dir: Path) -> Path | None:
     return path
 
 
+def checkpoint_manifest(checkpoint: Path) -> dict:
+    """What a checkpoint records beside its files: the step, its data's identity, the micro-batch, checksums."""
+    return json.loads((checkpoint / RUN_STATE_FILE).read_text())
+
+
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_identity: dict, metadata: dict,
                     data_dir: str) -> int:
     """Restore model, optimizer, schedule and RNG states; returns the optimizer step to continue from.
@@ -127,7 +132,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_identity: d
     written before data was identified by content names it by the preparation's arguments and time, and
     resumes only on that very preparation.
     """
-    state = json.loads((checkpoint / RUN_STATE_FILE).read_text())
+    state = checkpoint_manifest(checkpoint)
     recorded = state.get("data_identity")
     if recorded is not None:
         difference = identity_difference(recorded, data_identity)

@@ -17,7 +17,7 @@ from formats.packed_data import (
     load_tokenizer,
     read_metadata,
 )
-from training.arguments import NEVER, ConfigError, RunConfig
+from training.arguments import AUTO, NEVER, ConfigError, RunConfig
 
 
 class RowBatches(torch.utils.data.Dataset):
@@ -95,8 +95,16 @@ class TrainingData:
     identity: dict  # formats.packed_data.data_identity: what a checkpoint records of its data
 
 
+def micro_batch_rows(config: RunConfig, block_size: int, world_size: int) -> int:
+    """The configured micro-batch; with `--micro_batch_size auto`, the largest one until the search chooses."""
+    if config.data.micro_batch_size == AUTO:
+        return max_micro_batch(config, block_size, world_size)
+    return config.data.micro_batch_size
+
+
 def gradient_accumulation_steps(config: RunConfig, block_size: int, world_size: int) -> int:
-    tokens_per_micro_step = config.data.micro_batch_size * block_size * world_size
+    micro_batch = micro_batch_rows(config, block_size, world_size)
+    tokens_per_micro_step = micro_batch * block_size * world_size
     if config.data.total_batch_tokens % tokens_per_micro_step:
         raise ConfigError(
             f"total_batch_tokens {config.data.total_batch_tokens:,} is not a multiple of micro_batch_size x "
@@ -118,7 +126,7 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
     tokenizer = load_tokenizer(config.data.data_dir)
     accumulation = gradient_accumulation_steps(config, block_size, world_size)
     train, validation = RowBatches(splits["train"]), RowBatches(splits["validation"])
-    step_rows = rows_per_step(config.data.micro_batch_size, accumulation, world_size)
+    step_rows = rows_per_step(micro_batch_rows(config, block_size, world_size), accumulation, world_size)
     if len(train) < step_rows:
         raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {step_rows}")
     examples = None
@@ -130,6 +138,15 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
     identity = data_identity(metadata, splits)
     return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, step_rows, world_size,
                         examples, identity)
+
+
+def max_micro_batch(config: RunConfig, block_size: int, world_size: int) -> int:
+    """The rows one step gives each process: the largest micro-batch, with no accumulation."""
+    tokens_per_row_everywhere = block_size * world_size
+    if config.data.total_batch_tokens % tokens_per_row_everywhere:
+        raise ConfigError(f"total_batch_tokens {config.data.total_batch_tokens:,} is not a multiple of block_size x "
+                          f"processes = {block_size} x {world_size}")
+    return config.data.total_batch_tokens // tokens_per_row_everywhere
 
 
 def batch_order(data: TrainingData, config: RunConfig, rank: int, start_step: int) -> TrainBatchOrder:

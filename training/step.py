@@ -2,6 +2,7 @@
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -34,15 +35,26 @@ def train_step(model, batches, accumulation: int, config: RunConfig, accelerator
     return StepResult(loss_sum / accumulation, grad_norm)
 
 
-def finish_step(optimizer, result: StepResult, preemption_requested: bool, accelerator: Accelerator):
-    """Apply the update unless the loss or gradient norm is non-finite on any process; returns (nonfinite, preempted).
+class StepOutcome(NamedTuple):
+    nonfinite: bool  # the loss, or (without a loss scaler) the gradients, not finite: no update
+    preempted: bool  # a process was asked to stop: checkpoint and exit
+    overflow: bool  # fp16: the gradients overflowed at this loss scale; the scaler skipped the step, lowered the scale
 
-    The flags are agreed on by every process in one reduction, the step's only host sync.
+
+def finish_step(optimizer, result: StepResult, preemption_requested: bool, accelerator: Accelerator) -> StepOutcome:
+    """Apply the update unless something is non-finite on any process.
+
+    Under fp16 an overflow of the scaled gradients (the loss itself finite) is a normal event of dynamic
+    loss scaling: the step still goes to the optimizer, whose scaler skips it and lowers the scale. The
+    flags are agreed on by every process in one reduction, the step's only host sync.
     """
-    broken = ((~torch.isfinite(result.loss)) | (~torch.isfinite(result.grad_norm))).float()
-    flags = torch.stack([broken, torch.full_like(broken, float(preemption_requested))])  # no host-to-device copy
-    nonfinite, preempted = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+    loss_broken = (~torch.isfinite(result.loss)).float()
+    gradients_broken = (~torch.isfinite(result.grad_norm)).float()
+    flags = torch.stack([loss_broken, gradients_broken, torch.full_like(loss_broken, float(preemption_requested))])
+    loss_bad, gradients_bad, preempted = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+    scaled = accelerator.scaler is not None
+    nonfinite = loss_bad or (gradients_bad and not scaled)
     if not nonfinite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return nonfinite, preempted
+    return StepOutcome(nonfinite, preempted, overflow=scaled and gradients_bad and not loss_bad)

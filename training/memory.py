@@ -1,0 +1,185 @@
+"""What the device gets: the precision it supports, the largest micro-batch that fits, and what a step should take.
+
+- `device_precision`: `--mixed_precision auto` as bf16 where the device supports it, fp16 (with dynamic
+  loss scaling) on GPUs without bf16, none on CPU.
+- `find_micro_batch`: `--micro_batch_size auto` as the largest micro-batch that runs a full forward,
+  backward and optimizer step, searched with Accelerate's `find_executable_batch_size` (which also
+  recognises the out-of-memory errors), every process agreeing on the smallest.
+- `memory_estimate` and `expected_attention`: what start-up prints of the step to come.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import find_executable_batch_size
+from accelerate.utils.memory import should_reduce_batch_size
+
+from formats.packed_data import inputs_and_targets
+
+AUTO = "auto"
+OUT_OF_MEMORY_EXIT_CODE = 6
+
+
+class OutOfMemory(Exception):
+    """A step that does not fit the device, reported on one line with what to change."""
+
+
+def choose_precision(requested: str, has_cuda: bool, has_bf16: bool) -> str:
+    if requested != AUTO:
+        return requested
+    if not has_cuda:
+        return "no"
+    return "bf16" if has_bf16 else "fp16"
+
+
+def device_precision(requested: str) -> str:
+    """`requested`, or for auto what this machine's first GPU supports (none on CPU)."""
+    has_cuda = torch.cuda.is_available()
+    return choose_precision(requested, has_cuda, has_cuda and torch.cuda.is_bf16_supported())
+
+
+def has_tf32() -> bool:
+    """TF32 tensor cores exist from Ampere (compute capability 8.0) on."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+def micro_batch_candidates(rows_per_process: int) -> list[int]:
+    """The micro-batches that divide one step's rows on a process, largest first: the search starts with the
+    largest (no accumulation) and halves, down to the next size that still divides the step."""
+    candidates, size = [], rows_per_process
+    while size >= 1:
+        fitting = max(d for d in range(1, size + 1) if rows_per_process % d == 0)
+        candidates.append(fitting)
+        size = fitting // 2
+    return candidates
+
+
+def probe_step(model, optimizers, accelerator: Accelerator, micro_batch: int, block_size: int, vocab_size: int):
+    """One forward, backward and optimizer step at this micro-batch on random tokens; the model, the optimizer
+    states and the random generators are as they were afterwards."""
+    weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            inputs, targets = inputs_and_targets(torch.randint(0, vocab_size, (micro_batch, block_size + 1),
+                                                               device=accelerator.device))
+            with accelerator.autocast():
+                loss = model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False).loss
+            loss.backward()
+            del loss, inputs, targets
+            optimizers.step()
+    finally:
+        optimizers.zero_grad(set_to_none=True)
+        for optimizer in optimizers.optimizers:
+            optimizer.state.clear()  # moments are created again, from zero, at the first real step
+        model.load_state_dict(weights)
+
+
+def find_micro_batch(model, optimizers, accelerator: Accelerator, rows_per_process: int, block_size: int,
+                     vocab_size: int) -> int:
+    """The largest micro-batch that every process can step, searched before training (memory freed after)."""
+    candidates = iter(micro_batch_candidates(rows_per_process))
+    first = next(candidates)
+
+    @find_executable_batch_size(starting_batch_size=first, reduce_batch_size_fn=lambda: next(candidates, 0))
+    def largest_fitting(micro_batch: int) -> int:
+        probe_step(model, optimizers, accelerator, micro_batch, block_size, vocab_size)
+        return micro_batch
+
+    try:
+        fits = largest_fitting()
+    except RuntimeError as error:
+        if "No executable batch size found" not in str(error):
+            raise
+        raise OutOfMemory(f"not even a micro-batch of 1 x {block_size} fits a step on {accelerator.device}: "
+                          "use a smaller model, a shorter block size, or --gradient_checkpointing true") from None
+    finally:
+        if accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return int(accelerator.gather(torch.tensor([fits], device=accelerator.device)).min().item())
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Accelerate's test: CUDA and CPU allocation failures, cuDNN's and cuBLAS's out-of-memory errors."""
+    return should_reduce_batch_size(error)
+
+
+def out_of_memory_message(micro_batch: int, block_size: int, device: torch.device) -> str:
+    smaller = f" or a smaller one such as --micro_batch_size {micro_batch // 2}" if micro_batch > 1 else ""
+    return (f"out of memory at micro-batch {micro_batch} x {block_size} on {device}: pass --micro_batch_size auto"
+            f"{smaller} (gradient accumulation keeps the tokens per step), or --gradient_checkpointing true")
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes a training step holds at its peak, by part (an estimate, before compile's fusions)."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def memory_estimate(model_config, num_parameters: int, optimizer: str, micro_batch: int, block_size: int,
+                    precision: str, gradient_checkpointing: bool = False) -> MemoryEstimate:
+    """fp32 weights and gradients; AdamW's two moments (Muon keeps one for the blocks' matrices); activations of
+    34 bytes per token, width and layer in 16-bit with flash attention (Korthikanti et al. 2022), twice that in
+    fp32, one layer's worth with gradient checkpointing; plus the fused loss's one chunk of logits."""
+    c, layers = model_config.n_embd, model_config.n_layer
+    hidden_matrices = 12 * layers * c * c
+    optimizer_bytes = 8 * num_parameters if optimizer == "adamw" else 4 * hidden_matrices + 8 * (
+        num_parameters - hidden_matrices)
+    per_layer = 34 * micro_batch * block_size * c * (1 if precision in ("bf16", "fp16") else 2)
+    kept_layers = 1 if gradient_checkpointing else layers
+    logits_chunk = 4 * model_config.loss_chunk_tokens * model_config.vocab_size
+    return MemoryEstimate(weights=4 * num_parameters, gradients=4 * num_parameters, optimizer=optimizer_bytes,
+                          activations=per_layer * kept_layers + logits_chunk)
+
+
+def expected_attention(device: torch.device, precision: str, n_head: int, head_dim: int, block_size: int) -> str:
+    """The SDPA kernel torch would pick for causal attention of this shape and dtype on this device."""
+    if device.type != "cuda":
+        return "flash (the CPU kernel)"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    q = torch.empty(1, n_head, block_size, head_dim, device=device, dtype=dtype)
+    try:
+        params = torch.backends.cuda.SDPAParams(q, q, q, None, 0.0, True, False)
+        if torch.backends.cuda.can_use_flash_attention(params):
+            return "flash"
+        if torch.backends.cuda.can_use_efficient_attention(params):
+            return "memory-efficient"
+        return "math"
+    except (AttributeError, TypeError, RuntimeError):  # the query API changes between torch releases
+        major = torch.cuda.get_device_capability(device)[0]
+        return "flash" if dtype != torch.float32 and major >= 8 else "memory-efficient"
+
+
+def setup_report(config, block_size: int, accumulation: int, model, accelerator: Accelerator) -> dict:
+    """Start-up's account of what the device gets; `summary` is the printed form."""
+    device, precision = accelerator.device, accelerator.mixed_precision
+    c = model.config
+    attention = expected_attention(device, precision, c.n_head, c.n_embd // c.n_head, block_size)
+    micro_batch = config.data.micro_batch_size
+    estimate = memory_estimate(c, model.num_parameters(), config.optimization.optimizer, micro_batch, block_size,
+                               precision, config.model.gradient_checkpointing)
+    if device.type == "cuda":
+        name, total = torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory
+    else:
+        import psutil
+
+        name, total = "cpu", psutil.virtual_memory().total
+    gib = 2**30
+    summary = (f"{model.num_parameters():,} parameters on {accelerator.num_processes} x {name}: precision "
+               f"{precision}, attention {attention}, micro-batch {micro_batch} x {block_size}, accumulation "
+               f"{accumulation} ({config.data.total_batch_tokens:,} tokens per step); peak memory about "
+               f"{estimate.total / gib:.1f} GiB (weights {estimate.weights / gib:.1f}, gradients "
+               f"{estimate.gradients / gib:.1f}, optimizer {estimate.optimizer / gib:.1f}, activations "
+               f"{estimate.activations / gib:.1f}) of {total / gib:.1f} GiB")
+    return {"summary": summary, "device": name, "processes": accelerator.num_processes, "precision": precision,
+            "attention": attention, "micro_batch_size": micro_batch, "accumulation": accumulation,
+            "estimated_peak_bytes": estimate.total, "device_bytes": total}
