@@ -147,6 +147,8 @@ def choose_micro_batch(config: RunConfig, data: TrainingData, model, optimizers:
         return
     rows_per_process = max_micro_batch(config, data.block_size, accelerator.num_processes)
     recorded = checkpoint_manifest(resume_from).get("micro_batch_size") if resume_from else None
+    if recorded is not None and rows_per_process % recorded:  # resumed on another number of processes
+        recorded = None
     if recorded is not None:
         chosen = recorded
     else:

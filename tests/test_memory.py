@@ -30,9 +30,12 @@ def test_the_search_starts_without_accumulation_and_halves_through_sizes_that_di
     assert memory.micro_batch_candidates(14) == [14, 7, 2, 1]  # 3 does not divide 14: the next size down does
 
 
+REAL_PROBE = memory.probe_step
+
+
 def fits_up_to(monkeypatch, largest: int) -> list[int]:
     """A device on which steps above `largest` rows run out of memory; returns the sizes tried."""
-    tried, real_probe = [], memory.probe_step
+    tried, real_probe = [], REAL_PROBE
 
     def probe(model, optimizers, accelerator, micro_batch, *args):
         tried.append(micro_batch)
@@ -112,6 +115,13 @@ def test_auto_trains_exactly_as_the_micro_batch_it_found_set_by_hand(tiny_data, 
                                            resume_from_checkpoint="latest")) == 0
     assert f"micro-batch auto: 4 x 32, accumulation 2 (as {auto / 'checkpoints' / 'step_0000004'} trained)" in (
         capsys.readouterr().out)
+    # unless that size no longer divides a step's rows on each process (another process count): search again
+    manifest = auto / "checkpoints" / "step_0000004" / "trainer_state.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "micro_batch_size": 3}))
+    tried = fits_up_to(monkeypatch, largest=5)
+    assert run_pretrain.main(tiny_run_args(tiny_data, auto, micro_batch_size="auto", max_steps=4, save_every=2,
+                                           resume_from_checkpoint="latest")) == 0
+    assert tried == [8, 4]
 
 
 def test_a_fixed_micro_batch_that_does_not_fit_is_one_line_and_writes_nothing(tiny_data, tmp_path, monkeypatch,
