@@ -18,9 +18,9 @@ ends (a failure records its error), so what finished survives a later failure or
 5. hellaswag    `eval.hellaswag` on a 124M model over the carried cloze set: examples/s, and the time that
                 gives for HellaSwag's 10,042 validation examples
 6. recipe       `prepare_data.py` on the carried Shakespeare with GPT-2's BPE, then `run_pretrain.py
-                configs/gpt2_124m_fineweb_edu.yaml` for 16 steps with evaluation, HellaSwag, samples, two
-                checkpoints and the final save (a plain GPT-2) inside the run; its tokens/s and MFU
-                from `log.jsonl`
+                configs/gpt2_124m_fineweb_edu.yaml --micro_batch_size auto` for 16 steps with evaluation,
+                HellaSwag, samples, two checkpoints and the final save (a plain GPT-2) inside the run; its
+                tokens/s and MFU from `log.jsonl`, and what `auto` chose (precision, micro-batch)
 Then `summary.json` and `summary.md` (a table ready for RESULTS.md): eight files, what the device returns.
 
 Budget on one H200, in seconds, each child's start-up (about 5 s of imports) included: environment 10,

@@ -4,6 +4,7 @@
 - `data`: the order of training rows for any number of processes, and the batches
 - `optimizer`: the optimizer and its learning-rate schedule
 - `accelerator`: Accelerate set up for the run (mixed precision, compile, DDP), and its launch line
+- `memory`: what the device gets: auto precision, the micro-batch search, out of memory, the start-up estimate
 - `step`: one optimizer step, with gradient accumulation and the step's one host sync
 - `evaluation`: validation loss, samples and HellaSwag inside the loop
 - `measurement`: FLOPs, MFU and throughput
