@@ -18,13 +18,14 @@ ends (a failure records its error), so what finished survives a later failure or
 5. hellaswag    `eval.hellaswag` on a 124M model over the carried cloze set: examples/s, and the time that
                 gives for HellaSwag's 10,042 validation examples
 6. recipe       `prepare_data.py` on the carried Shakespeare with GPT-2's BPE, then `run_pretrain.py
-                configs/gpt2_124m_fineweb_edu.yaml --micro_batch_size auto` for 16 steps with evaluation,
-                HellaSwag, samples, two checkpoints and the final save (a plain GPT-2) inside the run; its
-                tokens/s and MFU from `log.jsonl`, and what `auto` chose (precision, micro-batch)
+                configs/gpt2_124m_fineweb_edu.yaml` for 16 steps with evaluation, HellaSwag, samples, two
+                checkpoints and the final save (a plain GPT-2) inside the run; its tokens/s and MFU from
+                `log.jsonl`; what `--mixed_precision auto` chose, and (one more eager step of the
+                recipe) what `--micro_batch_size auto` finds
 Then `summary.json` and `summary.md` (a table ready for RESULTS.md): eight files, what the device returns.
 
 Budget on one H200, in seconds, each child's start-up (about 5 s of imports) included: environment 10,
-correctness 60, throughput 105, muon 25, hellaswag 20, recipe 80; 300 in all. A stage may use what
+correctness 60, throughput 100, muon 25, hellaswag 15, recipe 90; 300 in all. A stage may use what
 earlier stages left over, never a later stage's share, and is killed at its limit, so the stages end
 within 300 s; a stage that is killed keeps what it had measured (stages save as they go). Compilation
 is most of the cost: four cold inductor compiles of 124M (ours at 64 x 1024 in correctness, stock at
@@ -96,7 +97,8 @@ class Plan:
     hellaswag_batch_sizes: tuple
     recipe_steps: int  # evaluation, samples and checkpoints at the half and the end
     recipe_prepare_flags: list
-    recipe_flags: list
+    recipe_flags: list  # both recipe runs (sizes)
+    recipe_evaluation_flags: list  # the main run's evaluation sizes
     budgets: dict = field(default_factory=dict)  # seconds per stage
 
     @property
@@ -112,8 +114,8 @@ def gpu_plan() -> Plan:
         correctness_batch=8, compile_backend="inductor", matmul_size=8192, hellaswag_examples=None,
         hellaswag_batch_sizes=(16, 64), recipe_steps=16,  # 16: the CLI's default batch, 64: the loop's micro-batch
         throughput_flags=["--size", "124m", "--compile", "--warmup", "3", "--steps", "10", "--profile_steps", "1"],
-        recipe_prepare_flags=[], recipe_flags=[],
-        budgets=dict(environment=10, correctness=60, throughput=105, muon=25, hellaswag=20, recipe=80),
+        recipe_prepare_flags=[], recipe_flags=[], recipe_evaluation_flags=["--eval_tokens", "65536"],
+        budgets=dict(environment=10, correctness=60, throughput=100, muon=25, hellaswag=15, recipe=90),
     )
 
 
@@ -127,8 +129,9 @@ def smoke_plan() -> Plan:
         throughput_flags=["--size", "tiny", "--no-compile", "--warmup", "1", "--steps", "2", "--profile_steps", "1"],
         recipe_prepare_flags=["--max_documents", "1000", "--block_size", "64"],
         recipe_flags=["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--n_positions", "64",
-                      "--total_batch_tokens", "512", "--compile", "false",
-                      "--dataloader_workers", "0", "--eval_tokens", "2048", "--sample_tokens", "8"],
+                      "--micro_batch_size", "4", "--total_batch_tokens", "512", "--compile", "false",
+                      "--dataloader_workers", "0"],
+        recipe_evaluation_flags=["--eval_tokens", "2048", "--sample_tokens", "8"],
         # generous for a shared 2-core machine; it takes about a minute
         budgets=dict(environment=30, correctness=60, throughput=60, muon=40, hellaswag=40, recipe=90),
     )
@@ -574,13 +577,21 @@ def stage_recipe(stage: Stage) -> dict:
     prepared = time.perf_counter()
     stage.keep({"prepare_seconds": prepared - started})
     steps, half = plan.recipe_steps, plan.recipe_steps // 2
-    train = [sys.executable, "run_pretrain.py", "configs/gpt2_124m_fineweb_edu.yaml", "--data_dir", str(data_dir),
-             "--output_dir", str(run_dir), "--max_steps", str(steps), "--warmup_steps", str(half),
-             "--log_every", str(max(1, steps // 4)), "--eval_every", str(half), "--eval_tokens", "65536",
-             "--sample_every", str(half), "--save_every", str(half), "--hellaswag_every", str(steps),
-             "--hellaswag_file", str(cloze), "--micro_batch_size", "auto", "--report_to", "none", *plan.recipe_flags]
+    recipe = [sys.executable, "run_pretrain.py", "configs/gpt2_124m_fineweb_edu.yaml", "--data_dir", str(data_dir),
+              "--report_to", "none", *plan.recipe_flags]
+    # The recipe's own micro-batch, whose compiled graph the throughput stage left in inductor's cache.
+    train = [*recipe, "--output_dir", str(run_dir), "--max_steps", str(steps), "--warmup_steps", str(half),
+             "--log_every", str(max(1, steps // 4)), "--eval_every", str(half), "--sample_every", str(half),
+             "--save_every", str(half), "--hellaswag_every", str(steps), "--hellaswag_file", str(cloze),
+             *plan.recipe_evaluation_flags]
     exit_code = subprocess.run(train, cwd=REPO_ROOT).returncode
     finished = time.perf_counter()
+    # What --micro_batch_size auto finds on this device: the search and one eager step, nothing saved.
+    search = [*recipe, "--output_dir", str(work / "auto"), "--micro_batch_size", "auto", "--max_steps", "1",
+              "--warmup_steps", "0", "--compile", "false", "--eval_every", "-1", "--sample_every", "-1",
+              "--save_every", "-1", "--hellaswag_every", "-1", "--log_every", "-1"]
+    auto_exit = subprocess.run(search, cwd=REPO_ROOT).returncode
+    auto_log = read_log(work / "auto" / LOG_FILE) if (work / "auto" / LOG_FILE).exists() else {}
     log = read_log(run_dir / LOG_FILE) if (run_dir / LOG_FILE).exists() else {}
     windows = log.get("train", [])[1:]  # the first window holds the compilation
     expected = [checkpoint_dir(run_dir, half), checkpoint_dir(run_dir, steps)] + [
@@ -594,14 +605,15 @@ def stage_recipe(stage: Stage) -> dict:
         "val_loss": [r["val_loss"] for r in log.get("eval", [])],
         "hellaswag": log.get("hellaswag", [{}])[-1].get("acc_norm"),
         "samples": (log.get("samples") or [{}])[-1].get("samples"),
-        "setup": (log.get("setup") or [{}])[0],  # what --mixed_precision auto and --micro_batch_size auto chose
+        "setup": (log.get("setup") or [{}])[0],  # what --mixed_precision auto chose for the recipe
+        "auto_exit_code": auto_exit, "auto_setup": (auto_log.get("setup") or [{}])[0],  # and the micro-batch search
     }
     peak = stage.measured_peak()
     if record["mfu_vs_datasheet"] and peak:
         from training.measurement import device_peak_flops
 
         record["mfu_vs_stage1_peak"] = record["mfu_vs_datasheet"] * device_peak_flops(the_device()) / peak
-    record["ok"] = exit_code == 0 and not record["missing_outputs"] and all(
+    record["ok"] = exit_code == 0 == auto_exit and not record["missing_outputs"] and all(
         record["logged"].get(kind) for kind in ("train", "eval", "hellaswag", "samples"))
     mfu = f", MFU {record['mfu_vs_stage1_peak']:.1%} of measured" if record.get("mfu_vs_stage1_peak") else ""
     tokens = f"{record['tokens_per_second']:,.0f} tokens/s" if record["tokens_per_second"] else "no throughput logged"
@@ -610,10 +622,18 @@ def stage_recipe(stage: Stage) -> dict:
         "recipe: whole path (prepare, train, eval, HellaSwag, samples, checkpoints, final GPT-2)":
             "works" if record["ok"] else f"FAILED (exit {exit_code}, missing {record['missing_outputs']})",
         "recipe: prepare / train wall time": f"{record['prepare_seconds']:.0f} s / {record['train_seconds']:.0f} s",
-        "recipe: auto chose": "precision {precision}, micro-batch {micro_batch_size} x accumulation {accumulation}, "
-                              "attention {attention}".format(**record["setup"]) if record["setup"] else "not logged",
+        "recipe: --mixed_precision auto chose": setup_line(record["setup"]),
+        "recipe: --micro_batch_size auto chose": "{micro_batch_size} x accumulation {accumulation}".format(
+            **record["auto_setup"]) if record["auto_setup"] else f"not logged (exit {auto_exit})",
     }
     return record
+
+
+def setup_line(setup: dict) -> str:
+    if not setup:
+        return "not logged"
+    return (f"{setup['precision']}, attention {setup['attention']}, estimated peak "
+            f"{setup['estimated_peak_bytes'] / 2**30:.1f} GiB of {setup['device_bytes'] / 2**30:.1f} GiB")
 
 
 def median_of(records: list[dict], key: str) -> float | None:

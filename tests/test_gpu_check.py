@@ -56,9 +56,9 @@ def test_smoke_run_passes_every_stage_and_leaves_its_json(shared_data, tmp_path)
     assert recipe["exit_code"] == 0 and recipe["missing_outputs"] == []
     assert recipe["logged"]["train"] == 4 and recipe["logged"]["eval"] == 2 and recipe["logged"]["hellaswag"] == 1
     assert len(recipe["samples"]) == 4 and recipe["tokens_per_second"] > 0
-    # what auto chose on this CPU: no mixed precision, and all 8 rows of a step at once (it fits)
-    assert (recipe["setup"]["precision"], recipe["setup"]["micro_batch_size"], recipe["setup"]["accumulation"]) == (
-        "no", 8, 1)
+    # what auto chose on this CPU: no mixed precision; all 8 rows of a step at once (they fit)
+    assert recipe["setup"]["precision"] == "no" and recipe["auto_exit_code"] == 0
+    assert (recipe["auto_setup"]["micro_batch_size"], recipe["auto_setup"]["accumulation"]) == (8, 1)
 
     summary = (tmp_path / "summary.md").read_text()
     assert all(f"| {stage} | ok |" in summary for stage in gpu_check.STAGES)
