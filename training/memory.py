@@ -174,7 +174,7 @@ def setup_report(config, block_size: int, accumulation: int, model, accelerator:
 
         name, total = "cpu", psutil.virtual_memory().total
     gib = 2**30
-    summary = (f"{model.num_parameters():,} parameters on {accelerator.num_processes} x {name}: precision "
+    summary = (f"{model.num_parameters():,} parameters, {accelerator.num_processes} processes on {name}: precision "
                f"{precision}, attention {attention}, micro-batch {micro_batch} x {block_size}, accumulation "
                f"{accumulation} ({config.data.total_batch_tokens:,} tokens per step); peak memory about "
                f"{estimate.total / gib:.1f} GiB (weights {estimate.weights / gib:.1f}, gradients "
