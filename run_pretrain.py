@@ -87,10 +87,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: RunConfig) -> int:
+    """Check the settings, set the run up, train, save: each a function below."""
     output_dir = Path(config.output.output_dir)
     resume_from = check_before_start(config, output_dir)
     if config.hub.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
         create_hub_repo(config)  # as transformers' Trainer does: a refused token or name fails before training
+    state = set_up(config, output_dir, resume_from)
+    status = train_within_memory(state)
+    if status == 0:
+        status = save_and_push(state)
+    state.accelerator.end_training()
+    return status
+
+
+def set_up(config: RunConfig, output_dir: Path, resume_from: Path | None) -> Run:
+    """Data, accelerator, model, optimizer and micro-batch, restored from the checkpoint when resuming; the log
+    started and what the device gets reported."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch, torchrun, or the SLURM script
     data = build_data(config, world_size)
     accelerator = build_accelerator(config)
@@ -113,20 +125,27 @@ def run(config: RunConfig) -> int:
     log = start_log(config, accelerator, output_dir, resume_from, start_step)
     state = Run(config, accelerator, model, optimizers, data, output_dir, log, start_step)
     report_setup(state)
+    return state
+
+
+def train_within_memory(run: Run) -> int:
+    """train(), with running out of device memory said on one line (what to change), not as a traceback."""
     try:
-        status = train(state)
+        return train(run)
     except RuntimeError as error:  # torch.OutOfMemoryError, and the CPU allocator's and cuDNN's equivalents
         if not is_out_of_memory(error):
             raise
-        raise OutOfMemory(out_of_memory_message(config.data.micro_batch_size, data.block_size,
-                                                accelerator.device)) from None
-    if status == 0:
-        final_dir = save_final_model(model, data, config, accelerator, output_dir)
-        accelerator.print(f"saved {final_dir}")
-        if config.hub.push_to_hub and accelerator.is_main_process:
-            status = push_final_model(output_dir, config)
-    accelerator.end_training()
-    return status
+        raise OutOfMemory(out_of_memory_message(run.config.data.micro_batch_size, run.data.block_size,
+                                                run.accelerator.device)) from None
+
+
+def save_and_push(run: Run) -> int:
+    """final/, and the hub upload when asked for; returns the exit code (5: trained and saved, upload failed)."""
+    final_dir = save_final_model(run.model, run.data, run.config, run.accelerator, run.output_dir)
+    run.accelerator.print(f"saved {final_dir}")
+    if run.config.hub.push_to_hub and run.accelerator.is_main_process:
+        return push_final_model(run.output_dir, run.config)
+    return 0
 
 
 def check_before_start(config: RunConfig, output_dir: Path) -> Path | None:
