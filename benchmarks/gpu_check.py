@@ -22,7 +22,7 @@ ends (a failure records its error), so what finished survives a later failure or
                 checkpoints and the final save (a plain GPT-2) inside the run; its tokens/s and MFU from
                 `log.jsonl`; what `--mixed_precision auto` chose, and (one more eager step of the
                 recipe) what `--micro_batch_size auto` finds
-Then `summary.json` and `summary.md` (a table ready for RESULTS.md): eight files, what the device returns.
+Then `summary.json` and `summary.md` (a table ready for RESULTS.md): eight small files in all.
 
 Budget on one H200, in seconds, each child's start-up (about 5 s of imports) included: environment 10,
 correctness 60, throughput 100, muon 25, hellaswag 15, recipe 90; 300 in all. A stage may use what
@@ -34,12 +34,13 @@ at 64 x 1024). Bounds: correctness compares at 8 x 1024 tokens and trains 3 step
 throughput 3 warm-up and 10 timed steps a measurement; HellaSwag 400 examples at two batch sizes;
 recipe 16 steps of 524,288 tokens.
 
-Launch on the lent GPU (the device tool's `run`), from the repository root. Here, once:
+Launch on the lent GPU machine, from the repository root. On the machine that sends the checkout, once:
 
     mkdir -p .device_data && cp ../shared/wheels/py312/*.whl ../shared/data/gpt2.tiktoken \
         ../shared/data/cloze_shakespeare_val.jsonl .device_data/ && cp -r ../shared/data/shakespeare .device_data/
 
-then `run` with carry [".device_data"] and timeout_s 420 (300 s of stages, installs and start-ups):
+then, with `.device_data/` taken along (it is git-ignored) and a time limit of 420 s (300 s of stages,
+installs and start-ups), on the GPU machine:
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .device_data/*.whl && \
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \
@@ -766,7 +767,7 @@ def main(argv=None) -> int:
     missing = [name for name in ("gpt2.tiktoken", "cloze_shakespeare_val.jsonl", "shakespeare")
                if not (args.data / name).exists()]
     if missing:
-        print(f"gpu_check.py: error: {args.data} lacks {', '.join(missing)} (see --help for what to carry)",
+        print(f"gpu_check.py: error: {args.data} lacks {', '.join(missing)} (see --help for what to take along)",
               file=sys.stderr)
         return 2
     summary = run_all(plan, args.output, args.data.resolve(), args.smoke)
