@@ -28,6 +28,7 @@ from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import build_accelerator
 from training.arguments import AUTO, NEVER, ConfigError, RunConfig, parse_config
 from training.checkpoints import (
+    CHECKPOINTS_DIR,
     CheckpointError,
     check_disk_space,
     check_run_directory,
@@ -50,6 +51,13 @@ from training.memory import (
 )
 from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step
+from training.watchdog import (
+    STALLED_EXIT_CODE,
+    RunStopped,
+    StallWatchdog,
+    is_lost_peer,
+    lost_peer_message,
+)
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
 NONFINITE_EXIT_CODE = 3
@@ -67,6 +75,7 @@ class Run:
     data: TrainingData
     output_dir: Path
     log: RunLog
+    watchdog: StallWatchdog
     start_step: int = 0
     progress: tqdm | None = None  # the training bar, which also carries the jobs' messages
 
@@ -84,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutOfMemory as error:
         print(f"run_pretrain.py: error: {error}", file=sys.stderr)
         return OUT_OF_MEMORY_EXIT_CODE
+    except RunStopped as error:
+        print(f"run_pretrain.py: error: {error}", file=sys.stderr)
+        return STALLED_EXIT_CODE
 
 
 def run(config: RunConfig) -> int:
@@ -93,9 +105,11 @@ def run(config: RunConfig) -> int:
     if config.hub.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
         create_hub_repo(config)  # as transformers' Trainer does: a refused token or name fails before training
     state = set_up(config, output_dir, resume_from)
-    status = train_within_memory(state)
-    if status == 0:
-        status = save_and_push(state)
+    with state.watchdog:
+        status = train_within_limits(state)
+        if status == 0:
+            state.watchdog.beat(config.optimization.max_steps, "saving the final model")
+            status = save_and_push(state)
     state.accelerator.end_training()
     return status
 
@@ -123,20 +137,26 @@ def set_up(config: RunConfig, output_dir: Path, resume_from: Path | None) -> Run
     if resume_from is not None:
         start_step = load_checkpoint(accelerator, resume_from, data.identity, data.metadata, config.data.data_dir)
     log = start_log(config, accelerator, output_dir, resume_from, start_step)
-    state = Run(config, accelerator, model, optimizers, data, output_dir, log, start_step)
+    watchdog = StallWatchdog(config.accelerator.stall_timeout_seconds, output_dir, accelerator.process_index)
+    state = Run(config, accelerator, model, optimizers, data, output_dir, log, watchdog, start_step)
     report_setup(state)
     return state
 
 
-def train_within_memory(run: Run) -> int:
-    """train(), with running out of device memory said on one line (what to change), not as a traceback."""
+def train_within_limits(run: Run) -> int:
+    """train(), with running out of device memory, or losing a peer process, said on one line (what to do next),
+    not as a traceback."""
     try:
         return train(run)
-    except RuntimeError as error:  # torch.OutOfMemoryError, and the CPU allocator's and cuDNN's equivalents
-        if not is_out_of_memory(error):
-            raise
-        raise OutOfMemory(out_of_memory_message(run.config.data.micro_batch_size, run.data.block_size,
-                                                run.accelerator.device)) from None
+    except RuntimeError as error:  # torch.OutOfMemoryError, the CPU allocator's and cuDNN's; gloo's and NCCL's
+        if is_out_of_memory(error):
+            raise OutOfMemory(out_of_memory_message(run.config.data.micro_batch_size, run.data.block_size,
+                                                    run.accelerator.device)) from None
+        if is_lost_peer(error):
+            # Torn down here, the broken group cannot abort the interpreter's exit (gloo does after a timeout).
+            torch.distributed.destroy_process_group()
+            raise RunStopped(lost_peer_message(run.watchdog)) from None
+        raise
 
 
 def save_and_push(run: Run) -> int:
@@ -231,34 +251,35 @@ def train(run: Run) -> int:
     batches = train_batches(run.data, order, config, accelerator)
     meter = ThroughputMeter(accelerator.unwrap_model(run.model).config, run.data.block_size,
                             config.data.total_batch_tokens, accelerator)
-    preemption = PreemptionFlag()
     window = LossWindow(accelerator.device)
     run.progress = tqdm(range(run.start_step, o.max_steps), initial=run.start_step, total=o.max_steps,
                         disable=not accelerator.is_main_process, desc="Training", dynamic_ncols=True)
-    for step in run.progress:
-        done = step + 1
-        result = train_step(run.model, batches, run.data.accumulation, config, accelerator)
-        nonfinite, preempted, overflow = finish_step(run.optimizers, result, preemption.raised, accelerator)
-        if overflow:  # fp16's dynamic loss scaling at work: not a broken run
-            run.log.write("overflow", done, scale=accelerator.scaler.get_scale(), loss=result.loss.item())
-        if nonfinite:
-            run.log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
-                          grad_norm=result.grad_norm.item())
-            if o.on_nonfinite == "stop":
-                accelerator.print(f"step {done}: non-finite loss or gradient norm; stopping without saving")
-                return NONFINITE_EXIT_CODE
-        else:
-            window.add(result.loss)
-        run.optimizers.schedule_step()
-        meter.steps += 1
-        if is_due(done, config.output.log_every, o.max_steps):
-            log_training(run, done, window.mean(accelerator), result.grad_norm.item(), order.epoch_of(step),
-                         meter.report())
-        with meter.paused():
-            run_periodic_jobs(run, done, must_save=preempted)
-        if preempted:
-            accelerator.print(f"step {done}: preemption signal received; checkpoint saved, exiting")
-            return PREEMPTED_EXIT_CODE
+    with PreemptionFlag() as preemption:
+        for step in run.progress:
+            done = step + 1
+            run.watchdog.beat(done, "training")
+            result = train_step(run.model, batches, run.data.accumulation, config, accelerator)
+            nonfinite, preempted, overflow = finish_step(run.optimizers, result, preemption.raised, accelerator)
+            if overflow:  # fp16's dynamic loss scaling at work: not a broken run
+                run.log.write("overflow", done, scale=accelerator.scaler.get_scale(), loss=result.loss.item())
+            if nonfinite:
+                run.log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
+                              grad_norm=result.grad_norm.item())
+                if o.on_nonfinite == "stop":
+                    accelerator.print(f"step {done}: non-finite loss or gradient norm; stopping without saving")
+                    return NONFINITE_EXIT_CODE
+            else:
+                window.add(result.loss)
+            run.optimizers.schedule_step()
+            meter.steps += 1
+            if is_due(done, config.output.log_every, o.max_steps):
+                log_training(run, done, window.mean(accelerator), result.grad_norm.item(), order.epoch_of(step),
+                             meter.report())
+            with meter.paused():
+                run_periodic_jobs(run, done, must_save=preempted)
+            if preempted:
+                accelerator.print(f"step {done}: preemption signal received; checkpoint saved, exiting")
+                return PREEMPTED_EXIT_CODE
     return 0
 
 
@@ -298,24 +319,29 @@ def run_periodic_jobs(run: Run, done: int, must_save: bool):
     """What is due after optimizer step `done`: validation loss, HellaSwag, samples, a checkpoint."""
     e, last = run.config.evaluation, run.config.optimization.max_steps
     if is_due(done, e.eval_every, last):
+        run.watchdog.beat(done, "validation")
         validate(run, done)
     if is_due(done, e.hellaswag_every, last):
+        run.watchdog.beat(done, "HellaSwag")
         score_hellaswag(run, done)
     if is_due(done, e.sample_every, last):
+        run.watchdog.beat(done, "samples")
         write_samples(run, done)
     if is_due(done, run.config.checkpointing.save_every, last) or must_save:
+        run.watchdog.beat(done, "checkpoint")
         checkpoint(run, done)
 
 
 def validate(run: Run, done: int):
-    val_loss = evaluate_loss(run.model, run.data, run.config, run.accelerator)
+    val_loss = evaluate_loss(run.model, run.data, run.config, run.accelerator, on_batch=run.watchdog.beat)
     run.log.write("eval", done, val_loss=val_loss)
     if run.accelerator.is_main_process:
         run.progress.write(f"step {done}: validation loss {val_loss:.4f}")
 
 
 def score_hellaswag(run: Run, done: int):
-    run.log.write("hellaswag", done, **evaluate_hellaswag(run.model, run.data, run.config, run.accelerator))
+    run.log.write("hellaswag", done, **evaluate_hellaswag(run.model, run.data, run.config, run.accelerator,
+                                                          on_batch=run.watchdog.beat))
 
 
 def write_samples(run: Run, done: int):
@@ -326,8 +352,9 @@ def write_samples(run: Run, done: int):
 
 
 def checkpoint(run: Run, done: int):
-    save_checkpoint(run.accelerator, run.output_dir, done, run.config.checkpointing.keep_last,
-                    {"data_identity": run.data.identity, "micro_batch_size": run.config.data.micro_batch_size})
+    with run.watchdog.watch_files(run.output_dir / CHECKPOINTS_DIR):  # a large save on a slow disk is progress
+        save_checkpoint(run.accelerator, run.output_dir, done, run.config.checkpointing.keep_last,
+                        {"data_identity": run.data.identity, "micro_batch_size": run.config.data.micro_batch_size})
 
 
 def is_due(step: int, every: int, last_step: int) -> bool:
@@ -338,12 +365,22 @@ def is_due(step: int, every: int, last_step: int) -> bool:
 
 
 class PreemptionFlag:
-    """Set by SIGTERM or SIGUSR1 (what SLURM and cloud schedulers send before killing a job)."""
+    """Set by SIGTERM or SIGUSR1 (what SLURM and cloud schedulers send before killing a job) while inside; the
+    handlers that were there before are given back on the way out, however the loop ends."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.raised = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self.previous = {}
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.raised = True

@@ -34,7 +34,9 @@ TOKENS_PER_STEP = 2048
 RUN_FLAGS = [*(f"--{name}={value}" for name, value in MODEL.items()),
              "--micro_batch_size", "16", "--total_batch_tokens", str(TOKENS_PER_STEP), "--mixed_precision", "no",
              "--tf32", "false", "--sample_every", "-1", "--save_every", "0",
-             "--report_to", "none", "--dataloader_workers", "1", "--min_lr_ratio", "0.1"]
+             "--report_to", "none", "--dataloader_workers", "0", "--min_lr_ratio", "0.1"]
+# No loader worker: a small model's 16 rows of 128 tokens are read in well under a millisecond, and a worker
+# would cost each run a second interpreter (the fork server) and take a core from training on small machines.
 # Variants tried at Muon's best learning rate, each against plain `muon` there.
 VARIANTS = {  # label: (run-name suffix, flags)
     "muon, QKV split": ("qkv_split", ["--muon_qkv", "split"]),

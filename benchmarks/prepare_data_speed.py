@@ -70,7 +70,9 @@ def run_baseline(files: list[Path], ranks_path: str, num_proc: int, out_dir: Pat
                     yield paragraph
 
     total, shard_index, buffer, filled = 0, 0, np.empty(SHARD_TOKENS, dtype=np.uint16), 0
-    with mp.Pool(num_proc, initializer=_init_worker, initargs=(ranks_path,)) as pool:
+    # A fork server, not fork: forking a process that has threads (this one may: tokenizers, torch, a test
+    # runner's) can copy a lock held by one of them into a worker, which then never finishes.
+    with mp.get_context("forkserver").Pool(num_proc, initializer=_init_worker, initargs=(ranks_path,)) as pool:
         for tokens in pool.imap(_tokenize, documents(), chunksize=16):
             total += len(tokens)
             while len(tokens):

@@ -108,8 +108,9 @@ def ending_losses(model, rows: list[tuple[list[int], int]], device, pad_id: int)
 
 
 def predict(model, tokenizer, examples: list[Example], batch_size: int, device, max_length: int,
-            progress: bool = False):
-    """(acc choice, acc_norm choice) per example; examples are batched `batch_size` at a time (4 rows each)."""
+            progress: bool = False, on_batch=None):
+    """(acc choice, acc_norm choice) per example; examples are batched `batch_size` at a time (4 rows each).
+    `on_batch()`, if given, is called after each batch (a training run's stall watchdog)."""
     choices = []
     pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     starts = range(0, len(examples), batch_size)
@@ -120,18 +121,21 @@ def predict(model, tokenizer, examples: list[Example], batch_size: int, device, 
         by_sum = summed.view(len(batch), NUM_ENDINGS).argmin(dim=1).tolist()
         by_mean = mean.view(len(batch), NUM_ENDINGS).argmin(dim=1).tolist()
         choices.extend(zip(by_sum, by_mean, strict=True))
+        if on_batch is not None:
+            on_batch()
     return choices
 
 
 def evaluate_model(model, tokenizer, examples: list[Example], accelerator=None, batch_size: int = 16,
-                   max_length: int | None = None, progress: bool = False) -> dict:
+                   max_length: int | None = None, progress: bool = False, on_batch=None) -> dict:
     """acc and acc_norm over all examples; with an accelerator, each process scores its share and counts add up."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     config = getattr(model, "config", None) or accelerator.unwrap_model(model).config
     max_length = max_length or config.n_positions
     mine = examples[rank::world]
     with evaluating(model, accelerator) as device:
-        choices = predict(model, tokenizer, mine, batch_size, device, max_length, progress=progress and rank == 0)
+        choices = predict(model, tokenizer, mine, batch_size, device, max_length, progress=progress and rank == 0,
+                          on_batch=on_batch)
     counts = torch.tensor([sum(c[0] == e.label for c, e in zip(choices, mine, strict=True)),
                            sum(c[1] == e.label for c, e in zip(choices, mine, strict=True)), len(mine)],
                           dtype=torch.float64, device=device)

@@ -25,8 +25,11 @@ def test_validation_loss_is_the_mean_over_the_first_eval_tokens(tiny_data, tmp_p
     with torch.no_grad():
         logits = model.eval()(rows[:, :-1]).logits
     expected = F.cross_entropy(logits.flatten(0, 1).double(), rows[:, 1:].flatten()).item()
-    assert abs(evaluate_loss(model.train(), data, config, accelerator) - expected) < 1e-5
+    batches_taken = []
+    loss = evaluate_loss(model.train(), data, config, accelerator, on_batch=lambda: batches_taken.append(1))
+    assert abs(loss - expected) < 1e-5
     assert model.training  # back to training afterwards
+    assert len(batches_taken) == 3  # 10 rows in micro-batches of 4: each batch is the watchdog's progress
 
 
 def test_samples_are_seeded_by_the_step_and_leave_the_training_rng_alone(tiny_data, tmp_path, accelerator):

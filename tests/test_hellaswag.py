@@ -27,7 +27,9 @@ def reference_choice(model, tokenizer, example):
 def test_batched_scorer_matches_one_at_a_time_reference(model, tokenizer, examples):
     expected = [reference_choice(model, tokenizer, e) for e in examples]
     assert predict(model, tokenizer, examples, batch_size=5, device=torch.device("cpu"), max_length=256) == expected
-    scores = evaluate_model(model, tokenizer, examples, batch_size=7)
+    batches_scored = []
+    scores = evaluate_model(model, tokenizer, examples, batch_size=7, on_batch=lambda: batches_scored.append(1))
+    assert len(batches_scored) == -(-len(examples) // 7)  # each batch is a training run's watchdog progress
     assert scores["acc"] == sum(c[0] == e.label for c, e in zip(expected, examples, strict=True)) / len(examples)
     assert scores["acc_norm"] == sum(c[1] == e.label for c, e in zip(expected, examples, strict=True)) / len(examples)
     # the fixture tells the two scores apart: sum and per-token mean pick differently on some examples

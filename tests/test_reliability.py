@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import CPU_LAUNCH_ENV, launch_command
 from training.arguments import parse_config
 from training.checkpoints import checkpoint_problem, resolve_resume
+from training.watchdog import STALLED_EXIT_CODE
 
 
 def records(out, kind):
@@ -214,22 +216,218 @@ def test_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
     assert 6 * 640 < rows < 12 * 640  # an epoch ends inside steps 13-18
 
 
+DDP_STEPS = 18
+
+
+def ddp_run_args(tiny_data, out, **overrides) -> list[str]:
+    """The two-process runs of this file: 18 steps, checkpoints every 6, a stall noticed after 20 s."""
+    return tiny_run_args(tiny_data, out, max_steps=DDP_STEPS, stall_timeout_seconds=20, **overrides)
+
+
+@pytest.fixture(scope="module")
+def straight_ddp_run(tiny_data, tmp_path_factory) -> Path:
+    """An uninterrupted two-process run: what every interrupted and resumed one must repeat exactly."""
+    out = tmp_path_factory.mktemp("straight_ddp") / "run"
+    done = subprocess.run(launch_command("run_pretrain.py", 2, *ddp_run_args(tiny_data, out)), cwd=REPO_ROOT,
+                          env={**os.environ, **CPU_LAUNCH_ENV}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
 @pytest.mark.slow
-def test_ddp_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path):
+def test_ddp_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path, straight_ddp_run):
     """Two gloo processes; one is SIGKILLed from outside once step 8 is logged (the launcher then stops the
     other); resumed, the lost steps repeat the uninterrupted run exactly."""
     env = {**os.environ, **CPU_LAUNCH_ENV}
 
     def command(out, **overrides):
-        return launch_command("run_pretrain.py", 2, *tiny_run_args(tiny_data, out, max_steps=18, **overrides))
+        return launch_command("run_pretrain.py", 2, *ddp_run_args(tiny_data, out, **overrides))
 
-    assert subprocess.run(command(tmp_path / "straight"), cwd=REPO_ROOT, env=env, capture_output=True).returncode == 0
     assert sigkill_during(command(tmp_path / "killed"), tmp_path / "killed" / "log.jsonl", 8, env) != 0
-    assert max(logged_train_steps(tmp_path / "killed" / "log.jsonl")) < 18
+    assert max(logged_train_steps(tmp_path / "killed" / "log.jsonl")) < DDP_STEPS
     resumed = subprocess.run(command(tmp_path / "killed", resume_from_checkpoint="latest"), cwd=REPO_ROOT, env=env,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumes_bit_for_bit(tmp_path / "straight", tmp_path / "killed", 18) <= 12
+    assert resumes_bit_for_bit(straight_ddp_run, tmp_path / "killed", DDP_STEPS) <= 12
+
+
+RANK_ONE_STOPS_AT_STEP_7 = """
+import signal
+
+real_step = run_pretrain.train_step
+steps = []
+
+
+def train_step(*args, **kwargs):
+    # Rank 1 stops itself as step 7 begins, after the step-6 checkpoint, with the signal STOP_SIGNAL names:
+    # SIGSTOP for a hung GPU, a dead file system or a stuck data worker; SIGKILL for a crash.
+    steps.append(1)
+    if os.environ["RANK"] == "1" and len(steps) == 7:
+        os.kill(os.getpid(), getattr(signal, os.environ["STOP_SIGNAL"]))
+    return real_step(*args, **kwargs)
+
+
+run_pretrain.train_step = train_step
+"""
+
+
+def per_rank_launch(script, args: list[str], stderr_dir: Path, **env_extra) -> list[subprocess.Popen]:
+    """Two gloo processes started one by one, as SLURM's srun starts them (README): each told its RANK, the
+    WORLD_SIZE and where rank 0 listens. Each one's stderr goes to stderr_dir/rank{R}.txt."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **CPU_LAUNCH_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           **env_extra}
+    stderr_dir.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([sys.executable, str(script), *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                             stderr=open(stderr_dir / f"rank{rank}.txt", "w"),
+                             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+            for rank in range(2)]
+
+
+def training_processes(launcher: subprocess.Popen) -> dict:
+    """accelerate launch's training processes (psutil.Process) by rank."""
+    import psutil
+
+    parent = psutil.Process(launcher.pid)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = {int(p.environ().get("RANK", -1)): p for p in parent.children(recursive=True)
+                 if any(part.endswith("run_pretrain.py") for part in p.cmdline())}
+        if len(found) == 2:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("the launcher did not start two training processes")
+
+
+def wait_until_stopped(pid: int) -> float:
+    """Until the process is stopped (SIGSTOP); returns that moment."""
+    import psutil
+
+    process = psutil.Process(pid)
+    deadline = time.time() + 240
+    while process.status() != psutil.STATUS_STOPPED:
+        assert time.time() < deadline, "rank 1 did not stop"
+        time.sleep(0.01)
+    return time.time()
+
+
+def stall_line(out: Path) -> str:
+    """Rank 0's one line: the step it was training, where its stacks are, how to go on."""
+    return (f"run_pretrain.py: error: rank 0 made no progress for 20 s at step 7 (training); stacks in "
+            f"{out / 'stall_rank0.txt'}; resume with --resume_from_checkpoint latest")
+
+
+def newest_checkpoint_loads(out: Path) -> str:
+    """The newest checkpoint's name, once its checksums match and its weights load into the model."""
+    newest = checkpoints(out)[-1]
+    assert checkpoint_problem(out / "checkpoints" / newest) is None
+    model = GPT2ScratchForCausalLM(tiny_config(vocab_size=384, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    missing, unexpected = model.load_state_dict(load_file(out / "checkpoints" / newest / "model.safetensors"),
+                                                strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}  # the tied head is saved once, as wte
+    return newest
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_ends_its_peer_with_its_stacks_and_76_then_resumes_per_rank(tiny_data, tmp_path,
+                                                                                straight_ddp_run):
+    out = tmp_path / "run"
+    launched = per_rank_launch(patched_run_pretrain(tmp_path, RANK_ONE_STOPS_AT_STEP_7), ddp_run_args(tiny_data, out),
+                               tmp_path / "stderr", STOP_SIGNAL="SIGSTOP")
+    stopped = wait_until_stopped(launched[1].pid)
+    assert launched[0].wait(timeout=60) == STALLED_EXIT_CODE
+    assert 20 <= time.time() - stopped < 60
+    launched[1].kill()  # as srun --kill-on-bad-exit does
+    assert (tmp_path / "stderr" / "rank0.txt").read_text().strip().splitlines()[-1] == stall_line(out)
+    assert "in train_step" in (out / "stall_rank0.txt").read_text()  # the main thread's stack, stuck in the step
+    assert newest_checkpoint_loads(out) == "step_0000006"
+    resumed = per_rank_launch("run_pretrain.py", ddp_run_args(tiny_data, out, resume_from_checkpoint="latest"),
+                              tmp_path / "resumed")
+    assert [p.wait(timeout=300) for p in resumed] == [0, 0], (tmp_path / "resumed" / "rank0.txt").read_text()[-2000:]
+    assert resumes_bit_for_bit(straight_ddp_run, out, DDP_STEPS) == 6
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_ends_its_peer_with_its_stacks_and_76_then_resumes_under_accelerate_launch(
+        tiny_data, tmp_path, straight_ddp_run):
+    out = tmp_path / "run"
+    env = {**os.environ, **CPU_LAUNCH_ENV, "STOP_SIGNAL": "SIGSTOP"}
+    script = patched_run_pretrain(tmp_path, RANK_ONE_STOPS_AT_STEP_7)
+    with tempfile.TemporaryFile("w+") as stderr:
+        launcher = subprocess.Popen(launch_command(str(script), 2, *ddp_run_args(tiny_data, out)), cwd=REPO_ROOT,
+                                    env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        ranks = training_processes(launcher)
+        stopped = wait_until_stopped(ranks[1].pid)
+        ranks[0].wait(timeout=60)
+        assert 20 <= time.time() - stopped < 60
+        ranks[1].kill()  # what torchrun does too, after its own grace period for the stopped process
+        assert launcher.wait(timeout=120) != 0
+        stderr.seek(0)
+        output = stderr.read()
+    assert stall_line(out) in output.splitlines(), output[-3000:]
+    assert "exitcode  : 76" in output, output[-3000:]  # torchrun's report of rank 0's status
+    assert "in train_step" in (out / "stall_rank0.txt").read_text()
+    assert newest_checkpoint_loads(out) == "step_0000006"
+    resumed = subprocess.run(launch_command("run_pretrain.py", 2, *ddp_run_args(tiny_data, out,
+                                                                                resume_from_checkpoint="latest")),
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumes_bit_for_bit(straight_ddp_run, out, DDP_STEPS) == 6
+
+
+@pytest.mark.slow
+def test_a_lost_rank_ends_its_peer_on_one_line_with_76_per_rank(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    launched = per_rank_launch(patched_run_pretrain(tmp_path, RANK_ONE_STOPS_AT_STEP_7), ddp_run_args(tiny_data, out),
+                               tmp_path / "stderr", STOP_SIGNAL="SIGKILL")
+    assert launched[1].wait(timeout=240) == -signal.SIGKILL
+    killed = time.time()
+    assert launched[0].wait(timeout=60) == STALLED_EXIT_CODE
+    assert time.time() - killed < 20  # at once: a dropped connection, not a timeout
+    err = (tmp_path / "stderr" / "rank0.txt").read_text()
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("run_pretrain.py: error: rank 0 lost a peer process at step 7 (training); "
+                                            "resume with --resume_from_checkpoint latest")
+
+
+SAVE_HANGS_AT_STEP_4 = """
+import threading
+from pathlib import Path
+
+from accelerate import Accelerator
+
+real_save = Accelerator.save_state
+
+
+def save_state(self, output_dir=None, **kwargs):
+    if "step_0000004" in str(output_dir):  # half a checkpoint, then a file system that stops answering
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        Path(output_dir, "model.safetensors").write_bytes(b"half")
+        threading.Event().wait()
+    return real_save(self, output_dir, **kwargs)
+
+
+Accelerator.save_state = save_state
+"""
+
+
+def test_a_stall_during_a_save_leaves_the_earlier_checkpoint_to_resume(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    script = patched_run_pretrain(tmp_path, SAVE_HANGS_AT_STEP_4)
+    stalled = subprocess.run([sys.executable, str(script), *tiny_run_args(tiny_data, out, max_steps=6, save_every=2,
+                                                                          stall_timeout_seconds=3)],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert stalled.returncode == STALLED_EXIT_CODE, stalled.stderr[-2000:]
+    assert stalled.stderr.strip().splitlines()[-1].startswith(
+        "run_pretrain.py: error: rank 0 made no progress for 3 s at step 4 (checkpoint); stacks in ")
+    assert checkpoints(out) == ["step_0000002", "step_0000004.tmp"]
+    config = parse_config(tiny_run_args(tiny_data, out, resume_from_checkpoint="latest"))
+    assert resolve_resume(config, out) == out / "checkpoints" / "step_0000002"
 
 
 def test_data_prepared_again_resumes_and_other_data_is_named(tiny_data, tmp_path, capsys):

@@ -176,3 +176,43 @@ def test_every_parameter_groups_learning_rate_is_logged(tiny_data, tmp_path):
         factor = record["lr_vectors"] / 3e-3
         assert record["lr_hidden_matrices"] == pytest.approx(1e-2 * factor)
         assert record["lr_embeddings"] == pytest.approx(2e-3 * factor) and factor > 0
+
+
+def test_signals_are_given_back_when_main_returns_and_a_pool_forked_later_ends(tiny_data, tmp_path):
+    import multiprocessing
+    import signal
+    import time
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    assert before[signal.SIGTERM] == signal.SIG_DFL  # else the pool below could not end either
+    for name in ("first", "second"):  # a sweep, a notebook: main() twice in one process
+        assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / name, max_steps=2, save_every=0)) == 0
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    # What hung CI: a fork pool started afterwards inherited the loop's handler, and terminate() never ended it.
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.apply_async(time.sleep, (120,))
+        time.sleep(0.5)
+        started = time.monotonic()
+        pool.terminate()
+        pool.join()
+    assert time.monotonic() - started < 5
+
+
+def test_signals_are_given_back_when_the_loop_raises(tiny_data, tmp_path, monkeypatch):
+    import signal
+
+    def own_handler(signum, frame):
+        pass
+
+    def broken_step(*args, **kwargs):
+        assert signal.getsignal(signal.SIGTERM) != own_handler  # the loop's, while it trains
+        raise ValueError("a bug in a training step")
+
+    previous = signal.signal(signal.SIGTERM, own_handler)
+    try:
+        monkeypatch.setattr(run_pretrain, "train_step", broken_step)
+        with pytest.raises(ValueError, match="a bug in a training step"):
+            run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "run", max_steps=2))
+        assert signal.getsignal(signal.SIGTERM) is own_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)

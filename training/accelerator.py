@@ -4,10 +4,16 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, TorchDynamoPlugin
+from accelerate.utils import (
+    DDPCommunicationHookType,
+    DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
+    TorchDynamoPlugin,
+)
 
 from training.arguments import RunConfig
 from training.memory import device_precision, has_tf32
+from training.watchdog import collective_timeout
 
 
 def compile_plugin(config: RunConfig) -> TorchDynamoPlugin | None:
@@ -22,13 +28,20 @@ def ddp_settings(config: RunConfig) -> DistributedDataParallelKwargs:
                                          comm_hook=DDPCommunicationHookType(a.ddp_comm_hook))
 
 
+def process_group_settings(config: RunConfig) -> list[InitProcessGroupKwargs]:
+    """A blocked collective raises soon after the stall watchdog would have fired, not after the library's
+    30 (gloo) or 10 (NCCL) minutes."""
+    timeout = collective_timeout(config.accelerator.stall_timeout_seconds)
+    return [InitProcessGroupKwargs(timeout=timeout)] if timeout else []
+
+
 def build_accelerator(config: RunConfig) -> Accelerator:
     a = config.accelerator
     trackers = [t for t in config.output.report_to.split(",") if t and t != "none"]
     accelerator = Accelerator(
         mixed_precision=device_precision(a.mixed_precision), log_with=trackers or None,
         project_dir=config.output.output_dir, dynamo_plugin=compile_plugin(config),
-        kwargs_handlers=[ddp_settings(config)],
+        kwargs_handlers=[ddp_settings(config), *process_group_settings(config)],
     )
     if a.tf32 and has_tf32():
         torch.backends.cuda.matmul.allow_tf32 = True

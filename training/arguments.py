@@ -104,6 +104,10 @@ class AcceleratorArguments:
     ddp_comm_hook: str = field(default="no", metadata={"help": "Compress gradients to bf16 or fp16 for the all-reduce "
                                                        "(half the bytes; for nodes without NVLink).",
                                                        "choices": ["no", "bf16", "fp16"]})
+    stall_timeout_seconds: int = field(default=900, metadata={
+        "help": "End the run (exit 76, every thread's stack in OUTPUT_DIR/stall_rank{R}.txt) when a process makes no "
+                "progress (a step, an evaluation batch, checkpoint bytes) for this long; collectives time out a "
+                "minute later. 0: off, and the process group keeps its library timeout."})
 
 
 @dataclass
@@ -262,6 +266,8 @@ def check_values(config: RunConfig):
         (o.adam_epsilon > 0, f"--adam_epsilon {o.adam_epsilon} must be positive"),
         (o.max_grad_norm >= 0, f"--max_grad_norm {o.max_grad_norm} must be 0 (off) or positive"),
         (a.ddp_bucket_cap_mb > 0, f"--ddp_bucket_cap_mb {a.ddp_bucket_cap_mb} must be positive"),
+        (a.stall_timeout_seconds >= 0, f"--stall_timeout_seconds {a.stall_timeout_seconds} must be 0 (off) or "
+                                       "positive"),
         (e.eval_tokens > 0, f"--eval_tokens {e.eval_tokens} must be positive"),
         (e.num_samples > 0 and e.sample_tokens > 0,
          f"--num_samples {e.num_samples} and --sample_tokens {e.sample_tokens} must be positive"),

@@ -1,5 +1,6 @@
 """Training data for the loop: which rows each optimizer step trains on, for any number of processes."""
 
+import multiprocessing
 from dataclasses import dataclass
 
 import datasets
@@ -155,12 +156,22 @@ def batch_order(data: TrainingData, config: RunConfig, rank: int, start_step: in
                            config.data.seed, start_step)
 
 
+def worker_context():
+    """The fork server imports this module (torch, datasets) once; each worker is then a quick fork of it."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def train_batches(data: TrainingData, order: TrainBatchOrder, config: RunConfig, accelerator: Accelerator):
     """An endless iterator of (inputs, targets) micro-batches on this process's device, in `order`."""
+    workers = config.data.dataloader_workers
+    # Workers from a fork server, not forked from this process, which has threads by now (the stall watchdog,
+    # the progress bar's, the process group's): a fork can copy a lock one of them holds into a worker.
     loader = torch.utils.data.DataLoader(
-        data.train, sampler=order, batch_size=None, num_workers=config.data.dataloader_workers,
-        pin_memory=accelerator.device.type == "cuda", persistent_workers=config.data.dataloader_workers > 0,
-        prefetch_factor=4 if config.data.dataloader_workers > 0 else None,
+        data.train, sampler=order, batch_size=None, num_workers=workers, pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        multiprocessing_context=worker_context() if workers > 0 else None,
     )
     for inputs, targets in loader:
         yield inputs.to(accelerator.device, non_blocking=True), targets.to(accelerator.device, non_blocking=True)
