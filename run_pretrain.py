@@ -39,10 +39,10 @@ from training.checkpoints import (
 )
 from training.data import TrainingData, batch_order, build_data, max_micro_batch, train_batches
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
+from training.exit_codes import ExitCode
 from training.final_model import create_hub_repo, push_final_model, save_final_model
 from training.measurement import ThroughputMeter
 from training.memory import (
-    OUT_OF_MEMORY_EXIT_CODE,
     OutOfMemory,
     find_micro_batch,
     is_out_of_memory,
@@ -52,16 +52,11 @@ from training.memory import (
 from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step
 from training.watchdog import (
-    STALLED_EXIT_CODE,
     RunStopped,
     StallWatchdog,
     is_lost_peer,
     lost_peer_message,
 )
-
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script looks for
-NONFINITE_EXIT_CODE = 3
-CHECKPOINT_EXIT_CODE = 4
 
 
 @dataclass
@@ -80,22 +75,18 @@ class Run:
     progress: tqdm | None = None  # the training bar, which also carries the jobs' messages
 
 
+# The errors a run ends on with one line, and the status each gives.
+ERROR_STATUS = {ConfigError: ExitCode.BAD_SETTING, CheckpointError: ExitCode.CHECKPOINT_FAILED,
+                OutOfMemory: ExitCode.OUT_OF_MEMORY, RunStopped: ExitCode.STALLED}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(argv)
         return run(config)
-    except ConfigError as error:
+    except tuple(ERROR_STATUS) as error:
         print(f"run_pretrain.py: error: {error}", file=sys.stderr)
-        return 2
-    except CheckpointError as error:
-        print(f"run_pretrain.py: error: {error}", file=sys.stderr)
-        return CHECKPOINT_EXIT_CODE
-    except OutOfMemory as error:
-        print(f"run_pretrain.py: error: {error}", file=sys.stderr)
-        return OUT_OF_MEMORY_EXIT_CODE
-    except RunStopped as error:
-        print(f"run_pretrain.py: error: {error}", file=sys.stderr)
-        return STALLED_EXIT_CODE
+        return next(status for kind, status in ERROR_STATUS.items() if isinstance(error, kind))
 
 
 def run(config: RunConfig) -> int:
@@ -107,7 +98,7 @@ def run(config: RunConfig) -> int:
     state = set_up(config, output_dir, resume_from)
     with state.watchdog:
         status = train_within_limits(state)
-        if status == 0:
+        if status == ExitCode.OK:
             state.watchdog.beat(config.optimization.max_steps, "saving the final model")
             status = save_and_push(state)
     state.accelerator.end_training()
@@ -165,7 +156,7 @@ def save_and_push(run: Run) -> int:
     run.accelerator.print(f"saved {final_dir}")
     if run.config.hub.push_to_hub and run.accelerator.is_main_process:
         return push_final_model(run.output_dir, run.config)
-    return 0
+    return ExitCode.OK
 
 
 def check_before_start(config: RunConfig, output_dir: Path) -> Path | None:
@@ -267,7 +258,7 @@ def train(run: Run) -> int:
                               grad_norm=result.grad_norm.item())
                 if o.on_nonfinite == "stop":
                     accelerator.print(f"step {done}: non-finite loss or gradient norm; stopping without saving")
-                    return NONFINITE_EXIT_CODE
+                    return ExitCode.NONFINITE
             else:
                 window.add(result.loss)
             run.optimizers.schedule_step()
@@ -279,8 +270,8 @@ def train(run: Run) -> int:
                 run_periodic_jobs(run, done, must_save=preempted)
             if preempted:
                 accelerator.print(f"step {done}: preemption signal received; checkpoint saved, exiting")
-                return PREEMPTED_EXIT_CODE
-    return 0
+                return ExitCode.PREEMPTED
+    return ExitCode.OK
 
 
 class LossWindow:

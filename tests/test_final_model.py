@@ -15,6 +15,7 @@ from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training import final_model
 from training.arguments import parse_config
 from training.data import build_data
+from training.exit_codes import ExitCode
 
 
 class FakeHub:
@@ -94,7 +95,7 @@ def test_hub_failures_fail_early_or_keep_the_trained_model(tiny_data, tmp_path, 
 
     fake_hub.fail_on = "upload_folder"
     out = tmp_path / "run"
-    assert run_pretrain.main(tiny_run_args(tiny_data, out, **args)) == final_model.HUB_EXIT_CODE
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, **args)) == ExitCode.UPLOAD_FAILED
     assert f"retry with: hf upload me/tiny-gpt2 {out / 'final'} ." in capsys.readouterr().err
     assert GPT2ScratchForCausalLM.from_pretrained(out / "final").config.n_layer == 2
 

@@ -12,6 +12,7 @@ import run_pretrain
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training import memory
 from training.accelerator import CPU_LAUNCH_ENV, launch_command
+from training.exit_codes import ExitCode
 from training.optimizer import build_optimizer
 
 
@@ -131,7 +132,7 @@ def test_a_fixed_micro_batch_that_does_not_fit_is_one_line_and_writes_nothing(ti
 
     monkeypatch.setattr(run_pretrain, "train_step", out_of_memory)
     out = tmp_path / "run"
-    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=4, save_every=1)) == memory.OUT_OF_MEMORY_EXIT_CODE
+    assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=4, save_every=1)) == ExitCode.OUT_OF_MEMORY
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (  # the line after the progress bar's
         "run_pretrain.py: error: out of memory at micro-batch 4 x 32 on cpu: pass --micro_batch_size auto or a "

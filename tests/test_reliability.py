@@ -34,7 +34,7 @@ from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import CPU_LAUNCH_ENV, launch_command
 from training.arguments import parse_config
 from training.checkpoints import checkpoint_problem, resolve_resume
-from training.watchdog import STALLED_EXIT_CODE
+from training.exit_codes import ExitCode
 
 
 def records(out, kind):
@@ -63,7 +63,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_75_then_resumes(tiny_data, tm
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == run_pretrain.PREEMPTED_EXIT_CODE, stderr[-2000:]
+    assert process.returncode == ExitCode.PREEMPTED, stderr[-2000:]
     (saved,) = checkpoints(out)
     step = int(saved.split("_")[1])
     assert records(out, "train")[-1]["step"] == step  # the step in flight was finished, then saved
@@ -121,7 +121,7 @@ def test_disk_error_during_save_keeps_previous_checkpoints(tiny_data, tmp_path, 
 
     monkeypatch.setattr(Accelerator, "save_state", save_state_until_disk_fills)
     status = run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, save_every=2))
-    assert status == run_pretrain.CHECKPOINT_EXIT_CODE
+    assert status == ExitCode.CHECKPOINT_FAILED
     assert "could not write checkpoint" in capsys.readouterr().err
     assert checkpoints(out) == ["step_0000002"]  # no step_0000004.tmp left behind
     assert checkpoint_problem(out / "checkpoints" / "step_0000002") is None
@@ -159,7 +159,7 @@ def test_nonfinite_step_stops_the_run_without_saving_over_good_state(tiny_data, 
     poison_gradients_at(monkeypatch, {5})
     out = tmp_path / "run"
     status = run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=8, save_every=2, on_nonfinite="stop"))
-    assert status == run_pretrain.NONFINITE_EXIT_CODE
+    assert status == ExitCode.NONFINITE
     assert checkpoints(out) == ["step_0000002", "step_0000004"]
     assert records(out, "nonfinite")[0]["step"] == 5
     assert not (out / "final").exists()
@@ -339,7 +339,7 @@ def test_a_stalled_rank_ends_its_peer_with_its_stacks_and_76_then_resumes_per_ra
     launched = per_rank_launch(patched_run_pretrain(tmp_path, RANK_ONE_STOPS_AT_STEP_7), ddp_run_args(tiny_data, out),
                                tmp_path / "stderr", STOP_SIGNAL="SIGSTOP")
     stopped = wait_until_stopped(launched[1].pid)
-    assert launched[0].wait(timeout=60) == STALLED_EXIT_CODE
+    assert launched[0].wait(timeout=60) == ExitCode.STALLED
     assert 20 <= time.time() - stopped < 60
     launched[1].kill()  # as srun --kill-on-bad-exit does
     assert (tmp_path / "stderr" / "rank0.txt").read_text().strip().splitlines()[-1] == stall_line(out)
@@ -386,7 +386,7 @@ def test_a_lost_rank_ends_its_peer_on_one_line_with_76_per_rank(tiny_data, tmp_p
                                tmp_path / "stderr", STOP_SIGNAL="SIGKILL")
     assert launched[1].wait(timeout=240) == -signal.SIGKILL
     killed = time.time()
-    assert launched[0].wait(timeout=60) == STALLED_EXIT_CODE
+    assert launched[0].wait(timeout=60) == ExitCode.STALLED
     assert time.time() - killed < 20  # at once: a dropped connection, not a timeout
     err = (tmp_path / "stderr" / "rank0.txt").read_text()
     assert "Traceback" not in err
@@ -422,7 +422,7 @@ def test_a_stall_during_a_save_leaves_the_earlier_checkpoint_to_resume(tiny_data
                                                                           stall_timeout_seconds=3)],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert stalled.returncode == STALLED_EXIT_CODE, stalled.stderr[-2000:]
+    assert stalled.returncode == ExitCode.STALLED, stalled.stderr[-2000:]
     assert stalled.stderr.strip().splitlines()[-1].startswith(
         "run_pretrain.py: error: rank 0 made no progress for 3 s at step 4 (checkpoint); stacks in ")
     assert checkpoints(out) == ["step_0000002", "step_0000004.tmp"]

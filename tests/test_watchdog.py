@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
+from training.exit_codes import ExitCode
 from training.watchdog import (
     COLLECTIVE_GRACE_SECONDS,
-    STALLED_EXIT_CODE,
     StallWatchdog,
     collective_timeout,
     is_lost_peer,
@@ -38,7 +38,7 @@ def test_no_progress_writes_every_threads_stack_and_ends_with_76(tmp_path, capsy
         assert wait_for(lambda: exits, seconds=10)
         waited = time.monotonic() - started
     stuck.set()
-    assert exits == [STALLED_EXIT_CODE] and 1.0 <= waited < 3.0
+    assert exits == [ExitCode.STALLED] and 1.0 <= waited < 3.0
     stacks = (tmp_path / "stall_rank3.txt").read_text()
     assert stacks.startswith("rank 3: no progress for 1 s at step 12 (validation)")
     assert "in wait" in stacks and stacks.count("Thread 0x") + stacks.count("Current thread 0x") >= 3
@@ -61,7 +61,7 @@ def test_beats_and_bytes_written_are_progress(tmp_path):
                 time.sleep(0.25)
         assert not exits
         assert wait_for(lambda: exits, seconds=5)  # once the writing stops, the clock runs out
-    assert exits == [STALLED_EXIT_CODE]
+    assert exits == [ExitCode.STALLED]
 
 
 def test_a_timeout_of_zero_starts_no_thread_and_the_process_group_keeps_its_default(tmp_path):

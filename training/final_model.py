@@ -16,9 +16,7 @@ from formats.run_log import LOG_FILE, read_log
 from training.arguments import ConfigError, RunConfig
 from training.data import TrainingData
 from training.evaluation import eager_module
-
-HUB_EXIT_CODE = 5  # trained and saved, but the upload failed
-
+from training.exit_codes import ExitCode
 
 CURVES_FILE = "training_curves.png"  # eval.plot's picture of the run, beside the log and in final/
 
@@ -162,6 +160,6 @@ def push_final_model(output_dir: Path, config: RunConfig) -> int:
     except Exception as error:  # whatever the hub or the network says, the trained model is safe on disk
         print(f"run_pretrain.py: error: pushing {folder} to the hub failed: {error}\n"
               f"The model is saved; retry with: hf upload {config.hub.hub_model_id} {folder} .", file=sys.stderr)
-        return HUB_EXIT_CODE
+        return ExitCode.UPLOAD_FAILED
     print(f"pushed {folder} to {url}")
-    return 0
+    return ExitCode.OK

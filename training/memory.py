@@ -18,7 +18,6 @@ from accelerate.utils.memory import should_reduce_batch_size
 from formats.packed_data import inputs_and_targets
 
 AUTO = "auto"
-OUT_OF_MEMORY_EXIT_CODE = 6
 
 
 class OutOfMemory(Exception):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-STALLED_EXIT_CODE = 76  # a stalled or lost process: requeue and resume, as on 75 (preemption)
+from training.exit_codes import ExitCode
+
 # The process group's collectives time out this long after the watchdog would have fired: the watchdog, which
 # writes the stacks and names the step, always speaks first, and a blocked collective still raises.
 COLLECTIVE_GRACE_SECONDS = 60
@@ -110,7 +111,7 @@ class StallWatchdog:
             stacks = f"stacks not written ({error})"
         print(f"\nrun_pretrain.py: error: rank {self.rank} made no progress for {self.timeout_seconds} s at {where}; "
               f"{stacks}; {RESUME_HINT}", file=sys.stderr, flush=True)
-        self.exit(STALLED_EXIT_CODE)
+        self.exit(ExitCode.STALLED)
 
 
 def bytes_under(folder: Path) -> int:
