@@ -70,6 +70,8 @@ from pathlib import Path
 
 import torch
 
+from formats.packed_data import score_next_tokens
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("environment", "correctness", "throughput", "muon", "hellaswag", "recipe")
 MEMORY_GOAL_BYTES = 40e9  # the issue's goal for 32 x 1024: fits a 40 GB card
@@ -240,7 +242,7 @@ def stage_correctness(stage: Stage) -> dict:
     stock = ours.to_gpt2()  # the same weights in OpenAI's layout
     ids = torch.randint(0, plan.vocab, (plan.correctness_batch, plan.seq_len + 1), device=device)
     inputs, targets = inputs_and_targets(ids)
-    batch = dict(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False)
+    batch = (inputs, targets)  # for score_next_tokens
 
     eval_fp32 = {name: forward(model, batch, bf16=False) for name, model in (("ours", ours), ("stock", stock))}
     eval_bf16 = {name: forward(model, batch, bf16=True) for name, model in (("ours", ours), ("stock", stock))}
@@ -312,21 +314,21 @@ def stage_correctness(stage: Stage) -> dict:
     return record
 
 
-def forward(model, batch: dict, bf16: bool) -> tuple[float, torch.Tensor]:
+def forward(model, batch: tuple, bf16: bool) -> tuple[float, torch.Tensor]:
     """Eval-mode loss and float32 logits."""
     model.eval()
     with torch.no_grad(), torch.autocast(the_device().type, dtype=torch.bfloat16, enabled=bf16):
-        out = model(**batch)
+        out = score_next_tokens(model, *batch)
     model.train()
     return out.loss.item(), out.logits.float()
 
 
-def train_gradient(model, batch: dict, bf16: bool, vocab: int) -> tuple[float, torch.Tensor]:
+def train_gradient(model, batch: tuple, bf16: bool, vocab: int) -> tuple[float, torch.Tensor]:
     """Training-mode loss and the token embedding's gradient (tied to the head, so the loss's backward feeds it)."""
     model.train()
     model.zero_grad(set_to_none=True)
     with torch.autocast(the_device().type, dtype=torch.bfloat16, enabled=bf16):
-        loss = model(**batch).loss
+        loss = score_next_tokens(model, *batch).loss
     loss.backward()
     gradient = model.get_input_embeddings().weight.grad[:vocab].float().clone()
     model.zero_grad(set_to_none=True)
@@ -337,13 +339,13 @@ def relative_rms(value: torch.Tensor, reference: torch.Tensor) -> float:
     return ((value - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()).item()
 
 
-def attention_kernel_used(model, batch: dict, device: torch.device) -> dict:
+def attention_kernel_used(model, batch: tuple, device: torch.device) -> dict:
     """The SDPA implementation one bf16 training step dispatched to, from the profiler; why not flash, if not."""
     from benchmarks.throughput import profile_steps
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            model(**batch).loss.backward()
+            score_next_tokens(model, *batch).loss.backward()
         model.zero_grad(set_to_none=True)
 
     profiled = profile_steps(step, 1, device, top=5, trace_path=None)
@@ -353,11 +355,11 @@ def attention_kernel_used(model, batch: dict, device: torch.device) -> dict:
     return found
 
 
-def why_not_flash(model, batch: dict, device: torch.device) -> str:
+def why_not_flash(model, batch: tuple, device: torch.device) -> str:
     """torch's own reasons, from `can_use_flash_attention(debug=True)`, for our attention's shapes."""
     config = model.config
     head_dim = config.n_embd // config.n_head
-    q = torch.randn(batch["input_ids"].shape[0], config.n_head, batch["input_ids"].shape[1], head_dim,
+    q = torch.randn(batch[0].shape[0], config.n_head, batch[0].shape[1], head_dim,
                     device=device, dtype=torch.bfloat16)
     try:
         params = torch.backends.cuda.SDPAParams(q, q, q, None, 0.0, True, False)
@@ -399,7 +401,7 @@ def compiled_against_eager(model, plan: Plan, inputs: torch.Tensor, targets: tor
     return {**losses, "max_relative_gap": max(gaps), "backend": plan.compile_backend or "not compiled"}
 
 
-def fused_loss_memory(model, batch: dict, device: torch.device) -> dict | None:
+def fused_loss_memory(model, batch: tuple, device: torch.device) -> dict | None:
     """Peak CUDA memory above the weights of one bf16 training forward and backward: the fused loss, then
     the same model made to build full logits (`return_logits=True`). None on CPU (a test measures it there)."""
     if device.type != "cuda":
@@ -411,7 +413,7 @@ def fused_loss_memory(model, batch: dict, device: torch.device) -> dict | None:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            model(**batch, return_logits=return_logits).loss.backward()
+            score_next_tokens(model, *batch, return_logits=return_logits).loss.backward()
         torch.cuda.synchronize()
         peaks[f"{name}_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
     model.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval import evaluating
-from formats.packed_data import PackedRows, inputs_and_targets, load_splits
+from formats.packed_data import PackedRows, inputs_and_targets, load_splits, score_next_tokens
 
 # The reproduction's validation budget: 20 batches of 64 x 1024 tokens on each of 8 GPUs.
 DEFAULT_EVAL_TOKENS = 10_485_760
@@ -36,16 +36,14 @@ def row_batches(rows: PackedRows, indices: np.ndarray, batch_size: int):
 def validation_loss(model, batches, accelerator=None) -> float:
     """Mean next-token loss over every target in `batches`, summed exactly across processes.
 
-    `labels` and `shift_labels` are both passed so that stock transformers models (which shift `labels`
-    unless given `shift_labels`) and ours score the same targets; `num_items_in_batch=1` makes it a sum.
+    Any causal LM, ours or stock (`score_next_tokens`); `num_items_in_batch=1` makes each batch's loss a sum.
     `return_logits=False` keeps ours on its fused loss in eval mode (stock models ignore the flag).
     """
     with evaluating(model, accelerator) as device:
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, target count
         for inputs, targets in batches:
             inputs, targets = inputs.to(device), targets.to(device)
-            out = model(input_ids=inputs, labels=targets, shift_labels=targets, num_items_in_batch=1, use_cache=False,
-                        return_logits=False)
+            out = score_next_tokens(model, inputs, targets, num_items_in_batch=1, return_logits=False)
             totals += torch.stack([out.loss.double(), torch.tensor(targets.numel(), device=device,
                                                                     dtype=torch.float64)])
     if accelerator is not None:

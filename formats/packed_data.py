@@ -54,6 +54,13 @@ def inputs_and_targets(rows: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, t
     return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
 
+def score_next_tokens(model, inputs: torch.Tensor, targets: torch.Tensor, **kwargs):
+    """The model's output on `inputs`, its `.loss` the next-token loss against `targets` already aligned with
+    them (`inputs_and_targets`). `labels` and `shift_labels` both: stock transformers models shift `labels`
+    unless given `shift_labels`, and this model takes either, so any causal LM scores the same targets."""
+    return model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False, **kwargs)
+
+
 def is_local_source(source: dict) -> bool:
     """Whether the metadata's `source` is local files rather than a hub dataset."""
     return source["dataset"] in LOCAL_BUILDERS

@@ -5,6 +5,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import tiny_config
 
 from formats.packed_data import (
     NotPreparedError,
@@ -15,7 +17,9 @@ from formats.packed_data import (
     load_splits,
     read_metadata,
     row_dtype,
+    score_next_tokens,
 )
+from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 
 
 def test_packed_rows_read_across_arrow_chunks_in_place(tmp_path):
@@ -62,3 +66,14 @@ def test_identity_is_what_the_data_is_not_when_or_where_it_was_written(tiny_data
     changed = {**identity, "rows_sha256": {**identity["rows_sha256"], "train": "f" * 64}}
     assert identity_difference(identity, changed) == (
         f"rows_sha256.train: {identity['rows_sha256']['train'][:12]}... vs ffffffffffff...")
+
+
+def test_ours_and_stock_score_the_same_aligned_targets():
+    ours = GPT2ScratchForCausalLM(tiny_config()).eval()
+    stock = ours.to_gpt2().eval()
+    inputs, targets = inputs_and_targets(torch.randint(0, 101, (3, 17)))
+    with torch.no_grad():
+        logits = stock(inputs).logits
+        by_hand = F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()  # every target, no shift
+        for model in (ours, stock):
+            assert score_next_tokens(model, inputs, targets).loss.item() == pytest.approx(by_hand, rel=1e-5)

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import find_executable_batch_size
 from accelerate.utils.memory import should_reduce_batch_size
 
-from formats.packed_data import inputs_and_targets
+from formats.packed_data import inputs_and_targets, score_next_tokens
 
 AUTO = "auto"
 
@@ -64,7 +64,7 @@ def probe_step(model, optimizers, accelerator: Accelerator, micro_batch: int, bl
             inputs, targets = inputs_and_targets(torch.randint(0, vocab_size, (micro_batch, block_size + 1),
                                                                device=accelerator.device))
             with accelerator.autocast():
-                loss = model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False).loss
+                loss = score_next_tokens(model, inputs, targets).loss
             loss.backward()
             del loss, inputs, targets
             optimizers.step()

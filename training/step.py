@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 from accelerate import Accelerator
 
+from formats.packed_data import score_next_tokens
 from training.arguments import RunConfig
 
 
@@ -23,8 +24,7 @@ def train_step(model, batches, accumulation: int, config: RunConfig, accelerator
         inputs, targets = next(batches)
         sync = micro == accumulation - 1
         with nullcontext() if sync else accelerator.no_sync(model):
-            # labels and shift_labels both: stock transformers models then score the same aligned targets
-            loss = model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False).loss
+            loss = score_next_tokens(model, inputs, targets).loss
             accelerator.backward(loss / accumulation)
         loss_sum += loss.detach()
     if config.optimization.max_grad_norm > 0:
