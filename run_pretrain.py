@@ -240,7 +240,7 @@ def train(run: Run) -> int:
     o = config.optimization
     order = batch_order(run.data, config, accelerator.process_index, run.start_step)
     batches = train_batches(run.data, order, config, accelerator)
-    meter = ThroughputMeter(accelerator.unwrap_model(run.model).config, run.data.block_size,
+    meter = ThroughputMeter(accelerator.unwrap_model(run.model), run.data.block_size,
                             config.data.total_batch_tokens, accelerator)
     window = LossWindow(accelerator.device)
     run.progress = tqdm(range(run.start_step, o.max_steps), initial=run.start_step, total=o.max_steps,

@@ -479,10 +479,12 @@ def with_mfu(result: dict, plan: Plan, peak: float | None) -> dict:
     if "tokens_per_second" not in result or not peak:
         return result
     from configuration import GPT2ScratchConfig
+    from modeling_gpt2_scratch import GPT2ScratchForCausalLM
     from training.measurement import flops_per_token
 
-    config = GPT2ScratchConfig(vocab_size=plan.vocab, n_positions=plan.seq_len, **plan.model)
-    return {**result, "mfu_vs_stage1_peak": result["tokens_per_second"] * flops_per_token(config, plan.seq_len) / peak}
+    with torch.device("meta"):  # the parameters' shapes are all the count needs
+        model = GPT2ScratchForCausalLM(GPT2ScratchConfig(vocab_size=plan.vocab, n_positions=plan.seq_len, **plan.model))
+    return {**result, "mfu_vs_stage1_peak": result["tokens_per_second"] * flops_per_token(model, plan.seq_len) / peak}
 
 
 def throughput_line(result: dict) -> str:

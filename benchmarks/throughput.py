@@ -192,9 +192,8 @@ def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
         # On CPU: the process's high-water mark so far, so compare models run in separate processes.
         "peak_process_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
-    # Model FLOPs of the unpadded head for both (ours pads 50,257 to 50,304), so MFU compares like with like.
-    model_config = GPT2ScratchConfig(vocab_size=args.vocab, n_positions=args.seq_len, **SIZES[args.size])
-    model_flops = flops_per_token(model_config, args.seq_len) * tokens / step_time
+    # Model FLOPs of each model's own matrices and unpadded head (ours pads 50,257 to 50,304): like with like.
+    model_flops = flops_per_token(accelerator.unwrap_model(model), args.seq_len) * tokens / step_time
     n = accelerator.num_processes
     result["mfu_vs_datasheet"] = model_flops / (args.peak * n) if args.peak else None
     result["mfu_vs_measured_matmul"] = model_flops / (args.matmul * n) if args.matmul else None

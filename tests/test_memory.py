@@ -81,18 +81,29 @@ def test_out_of_memory_is_recognised_as_accelerate_does():
 
 
 def test_the_memory_estimate_of_gpt2_124m_by_hand():
-    config = tiny_config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                         loss_chunk_tokens=8192)
-    estimate = memory.memory_estimate(config, 124_475_904, "adamw", micro_batch=32, block_size=1024,
-                                      precision="bf16")
+    with torch.device("meta"):  # shapes without memory
+        model = GPT2ScratchForCausalLM(tiny_config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12,
+                                                  n_head=12, loss_chunk_tokens=8192))
+    estimate = memory.memory_estimate(model, "adamw", micro_batch=32, block_size=1024, precision="bf16")
     assert (estimate.weights, estimate.gradients, estimate.optimizer) == (4 * 124_475_904, 4 * 124_475_904,
                                                                            8 * 124_475_904)
     # 34 bytes per token, width and layer in 16-bit (32 x 1024 tokens, 768 wide, 12 layers) + one logits chunk
     assert estimate.activations == 34 * 32 * 1024 * 768 * 12 + 4 * 8192 * 50257
     assert 13.8e9 < estimate.total < 14.0e9  # activations 10.3 GB + the logits chunk 1.6 GB + 2.0 GB of the rest
-    muon = memory.memory_estimate(config, 124_475_904, "muon", 32, 1024, "bf16")
+    muon = memory.memory_estimate(model, "muon", 32, 1024, "bf16")
     assert estimate.optimizer - muon.optimizer == 4 * 12 * 12 * 768 * 768  # one moment fewer for the matrices
-    assert memory.memory_estimate(config, 124_475_904, "adamw", 32, 1024, "no").activations > estimate.activations
+    assert memory.memory_estimate(model, "adamw", 32, 1024, "no").activations > estimate.activations
+
+
+def test_the_memory_estimate_follows_the_models_own_mlp_width():
+    model = GPT2ScratchForCausalLM(tiny_config(n_inner=50))  # 36 wide, 3 layers, an MLP of 50, not 144
+    parameters = sum(p.numel() for p in model.parameters())
+    matrices = sum(p.numel() for name, p in model.named_parameters() if ".h." in name and p.dim() == 2)
+    adamw = memory.memory_estimate(model, "adamw", micro_batch=2, block_size=16, precision="bf16")
+    muon = memory.memory_estimate(model, "muon", micro_batch=2, block_size=16, precision="bf16")
+    assert adamw.weights == 4 * parameters and adamw.optimizer - muon.optimizer == 4 * matrices
+    # per token and layer: 18 x 36 outside the MLP's hidden layer, 4 x 50 inside it (34 x 36 at 144 wide)
+    assert adamw.activations == (18 * 36 + 4 * 50) * 2 * 16 * 3 + 4 * 13 * 101
 
 
 def test_the_expected_attention_kernel_on_cpu():

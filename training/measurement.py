@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import torch
 from accelerate import Accelerator
 
-from configuration import GPT2ScratchConfig
+from training.optimizer import hidden_matrices
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against the device name.
 PEAK_BF16_FLOPS = {
@@ -26,19 +26,21 @@ def device_peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def flops_per_token(config: GPT2ScratchConfig, seq_len: int) -> float:
-    """Model FLOPs per trained token: 6 per matmul weight (2 forward, 4 backward), the head's `vocab_size`
-    rows included and its padding rows not, plus attention's scores and mixing over `seq_len` positions."""
-    matmul_weights = 12 * config.n_layer * config.n_embd**2 + config.vocab_size * config.n_embd
+def flops_per_token(model, seq_len: int) -> float:
+    """Model FLOPs per trained token: 6 per matmul weight (2 forward, 4 backward), the blocks' weights counted
+    from the model's own parameters (any MLP width), the head's `vocab_size` rows included and its padding rows
+    not; plus attention's scores and mixing over `seq_len` positions. Ours and stock GPT-2 count alike."""
+    config = model.config
+    matmul_weights = sum(p.numel() for _, p in hidden_matrices(model)) + config.vocab_size * config.n_embd
     return 6 * matmul_weights + 12 * config.n_layer * config.n_embd * seq_len
 
 
 class ThroughputMeter:
     """Tokens/s and MFU of the training steps since the last report, time spent `paused()` left out."""
 
-    def __init__(self, model_config, block_size: int, tokens_per_step: int, accelerator: Accelerator):
+    def __init__(self, model, block_size: int, tokens_per_step: int, accelerator: Accelerator):
         self.tokens_per_step = tokens_per_step
-        self.step_flops = flops_per_token(model_config, block_size) * tokens_per_step
+        self.step_flops = flops_per_token(model, block_size) * tokens_per_step
         peak = device_peak_flops(accelerator.device)
         self.peak_flops = peak * accelerator.num_processes if peak else None
         self.steps, self.started, self.excluded = 0, time.perf_counter(), 0.0

@@ -16,6 +16,7 @@ from accelerate.utils import find_executable_batch_size
 from accelerate.utils.memory import should_reduce_batch_size
 
 from formats.packed_data import inputs_and_targets, score_next_tokens
+from training.optimizer import hidden_matrices
 
 AUTO = "auto"
 
@@ -124,19 +125,23 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
-def memory_estimate(model_config, num_parameters: int, optimizer: str, micro_batch: int, block_size: int,
-                    precision: str, gradient_checkpointing: bool = False) -> MemoryEstimate:
-    """fp32 weights and gradients; AdamW's two moments (Muon keeps one for the blocks' matrices); activations of
-    34 bytes per token, width and layer in 16-bit with flash attention (Korthikanti et al. 2022), twice that in
-    fp32, one layer's worth with gradient checkpointing; plus the fused loss's one chunk of logits."""
-    c, layers = model_config.n_embd, model_config.n_layer
-    hidden_matrices = 12 * layers * c * c
-    optimizer_bytes = 8 * num_parameters if optimizer == "adamw" else 4 * hidden_matrices + 8 * (
-        num_parameters - hidden_matrices)
-    per_layer = 34 * micro_batch * block_size * c * (1 if precision in ("bf16", "fp16") else 2)
-    kept_layers = 1 if gradient_checkpointing else layers
-    logits_chunk = 4 * model_config.loss_chunk_tokens * model_config.vocab_size
-    return MemoryEstimate(weights=4 * num_parameters, gradients=4 * num_parameters, optimizer=optimizer_bytes,
+def memory_estimate(model, optimizer: str, micro_batch: int, block_size: int, precision: str,
+                    gradient_checkpointing: bool = False) -> MemoryEstimate:
+    """fp32 weights and gradients; AdamW's two moments (Muon keeps one for the blocks' matrices, the parameters
+    `training.optimizer` gives it); activations in 16-bit with flash attention, after Korthikanti et al. 2022:
+    per token and layer, 18 x width (attention's 11, the LayerNorms' 4, the MLP's input and dropout mask 3)
+    plus 4 x the MLP's width (the activation's input and output), so 34 x width for the usual 4x MLP; twice
+    that in fp32, one layer's worth with gradient checkpointing; plus the fused loss's one chunk of logits.
+    Parameters are counted from the model itself, each once (the tied head is the embedding)."""
+    c = model.config
+    parameters = sum(p.numel() for p in model.parameters())
+    muon_matrices = sum(p.numel() for _, p in hidden_matrices(model))
+    optimizer_bytes = 8 * parameters if optimizer == "adamw" else 4 * muon_matrices + 8 * (parameters - muon_matrices)
+    per_token_layer = 18 * c.n_embd + 4 * c.intermediate_size
+    per_layer = per_token_layer * micro_batch * block_size * (1 if precision in ("bf16", "fp16") else 2)
+    kept_layers = 1 if gradient_checkpointing else c.n_layer
+    logits_chunk = 4 * c.loss_chunk_tokens * c.vocab_size
+    return MemoryEstimate(weights=4 * parameters, gradients=4 * parameters, optimizer=optimizer_bytes,
                           activations=per_layer * kept_layers + logits_chunk)
 
 
@@ -164,8 +169,8 @@ def setup_report(config, block_size: int, accumulation: int, model, accelerator:
     c = model.config
     attention = expected_attention(device, precision, c.n_head, c.n_embd // c.n_head, block_size)
     micro_batch = config.data.micro_batch_size
-    estimate = memory_estimate(c, model.num_parameters(), config.optimization.optimizer, micro_batch, block_size,
-                               precision, config.model.gradient_checkpointing)
+    estimate = memory_estimate(model, config.optimization.optimizer, micro_batch, block_size, precision,
+                               config.model.gradient_checkpointing)
     if device.type == "cuda":
         name, total = torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory
     else:

@@ -32,6 +32,11 @@ QKV_MATRIX = "attn.c_attn.weight"
 MUON_MOMENTUM_START = 0.85  # where the momentum warm-up begins
 
 
+def hidden_matrices(model) -> list[tuple[str, nn.Parameter]]:
+    """The blocks' matmul weights, by name: what Muon trains, and what a token's FLOPs are counted over."""
+    return [(name, p) for name, p in model.named_parameters() if name.endswith(HIDDEN_MATRICES)]
+
+
 class Optimizers:
     """The run's optimizers (AdamW alone, or Muon and AdamW), stepped, zeroed and scheduled as one.
 
@@ -120,7 +125,7 @@ def build_optimizer(model: nn.Module, config: RunConfig, device: torch.device) -
         matrices = {"name": "matrices", "params": [p for _, p in named if p.dim() >= 2], "weight_decay": o.weight_decay}
         return Optimizers([torch.optim.AdamW([matrices, vectors], lr=o.learning_rate, **adamw)], config)
 
-    hidden = [(name, p) for name, p in named if name.endswith(HIDDEN_MATRICES)]
+    hidden = hidden_matrices(model)
     embeddings = [p for name, p in named if p.dim() >= 2 and not name.endswith(HIDDEN_MATRICES)]
     split = []
     if o.muon_qkv == "split":
