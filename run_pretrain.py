@@ -126,7 +126,7 @@ def set_up(config: RunConfig, output_dir: Path, resume_from: Path | None) -> Run
     model = optimizers.prepare(model, accelerator)
     start_step = 0
     if resume_from is not None:
-        start_step = load_checkpoint(accelerator, resume_from, data.identity, data.metadata, config.data.data_dir)
+        start_step = load_checkpoint(accelerator, resume_from, data.identity, config.data.data_dir)
     log = start_log(config, accelerator, output_dir, resume_from, start_step)
     watchdog = StallWatchdog(config.accelerator.stall_timeout_seconds, output_dir, accelerator.process_index)
     state = Run(config, accelerator, model, optimizers, data, output_dir, log, watchdog, start_step)

@@ -74,7 +74,11 @@ def read_metadata(data_dir: str | Path) -> dict:
     path = Path(data_dir) / METADATA_FILE
     if not path.exists():
         raise NotPreparedError(f"{data_dir} is not prepared data ({METADATA_FILE} missing): run prepare_data.py first")
-    return json.loads(path.read_text())
+    metadata = json.loads(path.read_text())
+    if "rows_sha256" not in metadata:
+        raise NotPreparedError(f"{data_dir} was prepared by an earlier prepare_data.py, which did not record what "
+                               "its rows are (rows_sha256): prepare it again")
+    return metadata
 
 
 def tokenizer_dir(data_dir: str | Path) -> Path:
@@ -137,17 +141,16 @@ def saved_rows_sha256(directory: str | Path) -> dict[str, str]:
     return {name: rows_sha256(split) for name, split in datasets.load_from_disk(str(directory)).items()}
 
 
-def data_identity(metadata: dict, splits) -> dict:
+def data_identity(metadata: dict) -> dict:
     """What prepared data is: its source (not the files' paths), tokenizer, block size, row type, split sizes
-    and rows. Preparations written before rows were hashed get their rows hashed here."""
-    hashes = metadata.get("rows_sha256") or {name: rows_sha256(splits[name]) for name in ("train", "validation")}
+    and rows (their sha256, taken when they were written)."""
     return {
         "source": {key: value for key, value in metadata["source"].items() if key != "data_files"},
         "tokenizer": {key: metadata["tokenizer"][key] for key in ("vocab_size", "eot_id")},
         "block_size": metadata["block_size"], "dtype": metadata["dtype"],
         "splits": {name: {key: stats[key] for key in ("documents", "tokens", "rows")}
                    for name, stats in metadata["splits"].items()},
-        "rows_sha256": hashes,
+        "rows_sha256": metadata["rows_sha256"],
     }
 
 

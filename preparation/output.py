@@ -16,7 +16,8 @@ def holds_this_preparation(output: Path, arguments: dict, overwrite: bool) -> bo
         return False
     metadata_path = output / METADATA_FILE
     if metadata_path.exists() and not overwrite:
-        if json.loads(metadata_path.read_text()).get("arguments") == arguments:
+        metadata = json.loads(metadata_path.read_text())
+        if metadata.get("arguments") == arguments and "rows_sha256" in metadata:  # not an earlier version's output
             return True
     if not overwrite:
         raise PrepareError(f"{output} already holds other data; pass --overwrite to replace it")

@@ -101,15 +101,11 @@ def test_a_warmup_longer_than_the_run_is_a_warning_not_an_error():
 
 
 @pytest.mark.parametrize("text,message", [
-    ("logging:\n  eval_every: 5\n  output_dir: out\n",
-     "there is no section 'logging' any more: put eval_every under evaluation, output_dir under output"),
     ("optimization:\n  mixed_precision: bf16\n", "mixed_precision belongs under accelerator, not optimization"),
     ("model:\n  compile: true\n", "compile belongs under accelerator, not model"),
-    ("checkpointing:\n  export_gpt2: true\n", "checkpointing.export_gpt2 was replaced by final_format (output)"),
+    ("evalution:\n  eval_every: 5\n", "unknown section 'evalution' (did you mean 'evaluation'?)"),
 ])  # fmt: skip
-def test_the_old_layout_is_answered_with_the_new_one(tmp_path, text, message):
-    (tmp_path / "old.yaml").write_text(text)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        parse_config([str(tmp_path / "old.yaml")])
-    with pytest.raises(ConfigError, match=r"--hub_format was replaced by --final_format \(output\)"):
-        parse_config(["--hub_format=gpt2"])
+def test_a_misplaced_or_mistyped_name_is_answered_with_where_it_belongs(tmp_path, text, message):
+    (tmp_path / "recipe.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        parse_config([str(tmp_path / "recipe.yaml")])

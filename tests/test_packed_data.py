@@ -17,6 +17,7 @@ from formats.packed_data import (
     load_splits,
     read_metadata,
     row_dtype,
+    rows_sha256,
     score_next_tokens,
 )
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
@@ -54,15 +55,14 @@ def test_a_directory_that_is_not_prepared_data_is_named(tmp_path):
 
 def test_identity_is_what_the_data_is_not_when_or_where_it_was_written(tiny_data):
     metadata = read_metadata(tiny_data)
-    identity = data_identity(metadata, load_splits(tiny_data))
-    assert identity["rows_sha256"] == metadata["rows_sha256"] and "data_files" not in identity["source"]
+    identity = data_identity(metadata)
+    splits = load_splits(tiny_data)
+    assert identity["rows_sha256"] == {name: rows_sha256(splits[name]) for name in ("train", "validation")}
+    assert "data_files" not in identity["source"]
     elsewhere = {**metadata, "created": "2030-01-01T00:00:00+00:00",
                  "source": {**metadata["source"], "data_files": ["/another/disk/*.py"]},
                  "arguments": {**metadata["arguments"], "data_files": ["/another/disk/*.py"]}}
-    assert identity_difference(identity, data_identity(elsewhere, None)) is None
-    # an old preparation without hashes: its rows are hashed on the spot, to the same digests
-    legacy = {key: value for key, value in metadata.items() if key != "rows_sha256"}
-    assert data_identity(legacy, load_splits(tiny_data))["rows_sha256"] == metadata["rows_sha256"]
+    assert identity_difference(identity, data_identity(elsewhere)) is None
     changed = {**identity, "rows_sha256": {**identity["rows_sha256"], "train": "f" * 64}}
     assert identity_difference(identity, changed) == (
         f"rows_sha256.train: {identity['rows_sha256']['train'][:12]}... vs ffffffffffff...")
@@ -77,3 +77,17 @@ def test_ours_and_stock_score_the_same_aligned_targets():
         by_hand = F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()  # every target, no shift
         for model in (ours, stock):
             assert score_next_tokens(model, inputs, targets).loss.item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_a_preparation_of_an_earlier_version_is_refused_with_what_to_do(tiny_data, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_data, old)
+    metadata = json.loads((old / "prepare_metadata.json").read_text())
+    del metadata["rows_sha256"]  # what prepare_data.py wrote before it recorded its rows
+    (old / "prepare_metadata.json").write_text(json.dumps(metadata))
+    expected = f"^{old} was prepared by an earlier prepare_data.py, .*: prepare it again$"
+    with pytest.raises(NotPreparedError, match=expected):
+        read_metadata(old)

@@ -154,12 +154,6 @@ CONFIG_SECTIONS = {
     "checkpointing": CheckpointArguments, "hub": HubArguments,
 }  # fmt: skip
 SECTION_OF = {f.name: section for section, cls in CONFIG_SECTIONS.items() for f in fields(cls)}
-OLD_SECTIONS = {"logging"}  # split by concern into evaluation and output
-# Settings that were replaced, and what to use instead.
-REPLACED = {
-    "export_gpt2": "final_format (output): final/ is a plain GPT-2 by default; scratch keeps this model's class",
-    "hub_format": "final_format (output): the hub gets final/, a plain GPT-2 by default",
-}
 
 
 @dataclass
@@ -178,8 +172,8 @@ class RunConfig:
 
 
 def read_yaml_config(path: str) -> dict:
-    """The YAML's sections flattened to field defaults; a misplaced, replaced or unknown name is an error that
-    says where it belongs or what it might have meant."""
+    """The YAML's sections flattened to field defaults; a misplaced or unknown name is an error that says where
+    it belongs or what it might have meant."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
@@ -188,13 +182,8 @@ def read_yaml_config(path: str) -> dict:
     for section, values in raw.items():
         values = values or {}
         if section not in CONFIG_SECTIONS:
-            if section in OLD_SECTIONS:
-                moves = ", ".join(f"{key} under {SECTION_OF[key]}" for key in values)
-                raise ConfigError(f"{path}: there is no section {section!r} any more: put {moves}")
             raise ConfigError(f"{path}: unknown section {section!r}{_suggest(section, CONFIG_SECTIONS)}")
         for key, value in values.items():
-            if key in REPLACED:
-                raise ConfigError(f"{path}: {section}.{key} was replaced by {REPLACED[key]}")
             if SECTION_OF.get(key, section) != section:
                 raise ConfigError(f"{path}: {key} belongs under {SECTION_OF[key]}, not {section}")
             if key not in SECTION_OF:
@@ -216,8 +205,6 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
         flag = unknown[0].lstrip("-").split("=")[0]
-        if flag in REPLACED:
-            raise ConfigError(f"--{flag} was replaced by --{REPLACED[flag]}")
         options = [a.lstrip("-") for a in parser._option_string_actions if a.startswith("--")]
         raise ConfigError(f"unknown option {unknown[0]}{_suggest(flag, options)}")
     sections = {}

@@ -124,28 +124,17 @@ def checkpoint_manifest(checkpoint: Path) -> dict:
     return json.loads((checkpoint / RUN_STATE_FILE).read_text())
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_identity: dict, metadata: dict,
-                    data_dir: str) -> int:
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_identity: dict, data_dir: str) -> int:
     """Restore model, optimizer, schedule and RNG states; returns the optimizer step to continue from.
-
-    The checkpoint's data must be this data by content (`formats.packed_data.data_identity`); a checkpoint
-    written before data was identified by content names it by the preparation's arguments and time, and
-    resumes only on that very preparation.
-    """
+    The checkpoint's data must be this data by content (`formats.packed_data.data_identity`)."""
     state = checkpoint_manifest(checkpoint)
     recorded = state.get("data_identity")
-    if recorded is not None:
-        difference = identity_difference(recorded, data_identity)
-        if difference:
-            raise ConfigError(f"{checkpoint} was trained on other data than {data_dir} ({difference})")
-    else:
-        legacy = state.get("data_fingerprint") or {}
-        here = {"arguments": metadata.get("arguments"), "created": metadata.get("created"),
-                "block_size": metadata.get("block_size")}
-        if legacy != here:
-            raise ConfigError(
-                f"{checkpoint} predates data identity by content: it names its data by the preparation of "
-                f"{legacy.get('created')} and resumes only on that one ({data_dir} was prepared {here['created']})")
+    if recorded is None:
+        raise ConfigError(f"{checkpoint} was written by an earlier version of this kit, which did not record what "
+                          "its data is: it cannot be resumed here")
+    difference = identity_difference(recorded, data_identity)
+    if difference:
+        raise ConfigError(f"{checkpoint} was trained on other data than {data_dir} ({difference})")
     accelerator.load_state(str(checkpoint))
     accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
     return state["step"]

@@ -136,7 +136,7 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
             examples = hellaswag.load_examples(config.evaluation.hellaswag_file)
         except (hellaswag.HellaSwagDataError, OSError) as error:
             raise ConfigError(str(error)) from None
-    identity = data_identity(metadata, splits)
+    identity = data_identity(metadata)
     return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, step_rows, world_size,
                         examples, identity)
 
