@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
-from training.arguments import CONFIG_SECTIONS, ConfigError, parse_config
+from training.arguments import CONFIG_SECTIONS, ConfigError, EvaluationArguments, parse_config
 
 
 def test_a_saved_configuration_reads_back_as_the_same_run(tmp_path):
@@ -109,3 +110,23 @@ def test_a_misplaced_or_mistyped_name_is_answered_with_where_it_belongs(tmp_path
     (tmp_path / "recipe.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
         parse_config([str(tmp_path / "recipe.yaml")])
+
+
+def test_a_recipe_option_that_an_override_makes_inert_is_left_out_with_a_note(capsys):
+    recipe = str(REPO_ROOT / "configs" / "quickstart.yaml")  # sets eval_tokens, sample_prompt, num_samples, ...
+    defaults = EvaluationArguments()
+    config = parse_config([recipe, "--eval_every", "-1", "--sample_every=-1"])
+    e = config.evaluation
+    assert (e.eval_every, e.sample_every) == (-1, -1)
+    assert (e.eval_tokens, e.sample_prompt, e.num_samples, e.sample_tokens) == (
+        defaults.eval_tokens, defaults.sample_prompt, defaults.num_samples, defaults.sample_tokens)
+    notes = capsys.readouterr().err.strip().splitlines()
+    note = "run_pretrain.py: note: the recipe's {} acts only with --{} 0 or more; left out"
+    assert note.format("eval_tokens", "eval_every") in notes and note.format("sample_prompt", "sample_every") in notes
+    assert len(notes) == 4  # eval_tokens, sample_prompt, num_samples, sample_tokens: one line each
+
+
+def test_an_inert_option_written_on_the_command_line_is_still_refused_over_a_recipe():
+    recipe = str(REPO_ROOT / "configs" / "quickstart.yaml")
+    with pytest.raises(ConfigError, match="--eval_tokens acts only with --eval_every 0 or more"):
+        parse_config([recipe, "--eval_every=-1", "--eval_tokens=5000"])

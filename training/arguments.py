@@ -212,8 +212,15 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
         sections[name] = cls(**{f.name: getattr(parsed, f.name) for f in fields(cls)})
     config = RunConfig(**sections)
     check_values(config)
-    check_for_inert_options(config)
+    check_for_inert_options(config, written=set(parsed_option_names(argv)))
     return config
+
+
+def parsed_option_names(argv: list[str]):
+    """The option names written on a command line (`--name value` or `--name=value`)."""
+    for token in argv:
+        if token.startswith("--"):
+            yield token[2:].split("=")[0]
 
 
 def check_values(config: RunConfig):
@@ -273,8 +280,10 @@ def check_values(config: RunConfig):
                       "rate never reaches its peak", stacklevel=2)
 
 
-def check_for_inert_options(config: RunConfig):
-    """Options set away from their defaults that the chosen settings would silently ignore."""
+def check_for_inert_options(config: RunConfig, written: set[str]):
+    """Options set away from their defaults that the chosen settings would silently ignore: refused when
+    `written` on the command line; set by the recipe and made inert by an override there, set back to their
+    defaults with a one-line note (`--eval_every -1` on a recipe that sets `eval_tokens`)."""
     o, e = config.optimization, config.evaluation
     muon = ("embedding_learning_rate", "muon_learning_rate", "muon_momentum", "muon_momentum_warmup_steps",
             "muon_adjust_lr", "muon_qkv")
@@ -294,5 +303,10 @@ def check_for_inert_options(config: RunConfig):
         for name in names:
             section = getattr(config, SECTION_OF[name])
             default = next(f.default for f in fields(section) if f.name == name)
-            if getattr(section, name) != default:
+            if getattr(section, name) == default:
+                continue
+            if name in written:
                 raise ConfigError(f"--{name} acts only with {needs}; drop it or set that too")
+            print(f"run_pretrain.py: note: the recipe's {name} acts only with {needs}; left out",
+                  file=sys.stderr)
+            setattr(section, name, default)
