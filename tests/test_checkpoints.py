@@ -78,3 +78,25 @@ def test_a_directory_of_another_run_is_refused_unless_resuming_or_overwriting(tm
     check_run_directory(parse_config(["--resume_from_checkpoint=latest"]), tmp_path, resuming=False)
     check_run_directory(parse_config(["--overwrite_output_dir=true"]), tmp_path, resuming=False)
     check_run_directory(parse_config([]), tmp_path / "fresh", resuming=False)
+
+
+def test_the_tied_head_is_saved_once_without_a_warning_and_tied_again_on_load(tmp_path, caplog):
+    from accelerate import Accelerator
+    from safetensors import safe_open
+
+    from training.checkpoints import save_tied_weights_once
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.register_save_state_pre_hook(save_tied_weights_once)
+    saved = accelerator.prepare(GPT2ScratchForCausalLM(tiny_config()))
+    with caplog.at_level("WARNING"):
+        accelerator.save_state(str(tmp_path / "state"))
+    with safe_open(tmp_path / "state" / "model.safetensors", "pt") as f:
+        assert "transformer.wte.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    assert "Removed shared tensor" not in caplog.text
+    torch.manual_seed(1)
+    loaded = GPT2ScratchForCausalLM(tiny_config())  # other random weights
+    accelerator._models = [loaded]
+    accelerator.load_state(str(tmp_path / "state"))
+    assert torch.equal(loaded.transformer.wte.weight, saved.transformer.wte.weight)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # still one tensor: the tie survived

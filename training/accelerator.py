@@ -12,6 +12,7 @@ from accelerate.utils import (
 )
 
 from training.arguments import RunConfig
+from training.checkpoints import save_tied_weights_once
 from training.memory import device_precision, has_tf32
 from training.watchdog import collective_timeout
 
@@ -43,6 +44,7 @@ def build_accelerator(config: RunConfig) -> Accelerator:
         project_dir=config.output.output_dir, dynamo_plugin=compile_plugin(config),
         kwargs_handlers=[ddp_settings(config), *process_group_settings(config)],
     )
+    accelerator.register_save_state_pre_hook(save_tied_weights_once)
     if a.tf32 and has_tf32():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

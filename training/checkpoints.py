@@ -56,6 +56,23 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
+def save_tied_weights_once(models, weights: list[dict], output_dir):
+    """Accelerate's save-state hook: a tied weight (the head, tied to the token embedding) is left out of the
+    saved state, as `save_pretrained` leaves out `_tied_weights_keys`, instead of Accelerate dropping it with a
+    warning at every checkpoint. Loading re-ties it: safetensors' `load_model` fills shared tensors."""
+    for model, state in zip(models, weights, strict=True):
+        tied = getattr(unwrapped(model), "_tied_weights_keys", None) or {}
+        for key in [k for k in state if any(k == t or k.endswith("." + t) for t in tied)]:
+            del state[key]
+
+
+def unwrapped(model):
+    """The module inside DDP (`.module`) and torch.compile (`._orig_mod`)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
 
