@@ -4,10 +4,11 @@
         run_pretrain.py configs/gpt2_124m_fineweb_edu.yaml
     python run_pretrain.py configs/quickstart.yaml --max_steps 50    # any field overrides the YAML
 
-The YAML has one section per dataclass of `training.arguments` (model, data, optimization, logging,
-checkpointing, hub); every field is also a command-line flag. Data comes from `prepare_data.py`.
-This file is the recipe: main() -> run() builds the data, model, optimizer and accelerator, then the
-loop trains, evaluates and checkpoints; each ingredient lives in its own module of `training/`.
+The YAML has one section per dataclass of `training.arguments` (model, data, optimization, accelerator,
+evaluation, output, checkpointing, hub); every field is also a command-line flag. Data comes from
+`prepare_data.py`. This file is the recipe: main() -> run(): check the settings, set_up() the data,
+accelerator, model, optimizer and micro-batch, train (evaluating and checkpointing as it goes), save and
+push; each ingredient lives in its own module of `training/`. Exit statuses: `training/exit_codes.py`.
 """
 
 import os
@@ -93,8 +94,6 @@ def run(config: RunConfig) -> int:
     """Check the settings, set the run up, train, save: each a function below."""
     output_dir = Path(config.output.output_dir)
     resume_from = check_before_start(config, output_dir)
-    if config.hub.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
-        create_hub_repo(config)  # as transformers' Trainer does: a refused token or name fails before training
     state = set_up(config, output_dir, resume_from)
     with state.watchdog:
         status = train_within_limits(state)
@@ -119,6 +118,8 @@ def set_up(config: RunConfig, output_dir: Path, resume_from: Path | None) -> Run
     set_seed(config.data.seed)
     model = build_model(config, data).to(accelerator.device)  # on its device before a fused AdamW sees it
     check_disk_space(output_dir, model.num_parameters())
+    if config.hub.push_to_hub:  # once the settings, the data and the model are known good, before training
+        create_hub_repo(config, accelerator)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizers = build_optimizer(model, config, accelerator.device)

@@ -1,7 +1,9 @@
 """A training run's log: one JSON object per line in `OUTPUT_DIR/log.jsonl`, each with its type and step.
 
-Types: train (loss, learning rates, gradient norm, tokens/s, MFU), eval (val_loss), hellaswag (acc,
-acc_norm, examples), samples, nonfinite, resume. The loop writes it through `RunLog`; plots, the model
+Types: setup (what the device got: precision, attention kernel, micro-batch, accumulation, processes,
+the memory estimate), train (loss, learning rates, gradient norm, tokens/s, MFU), eval (val_loss),
+hellaswag (acc, acc_norm, examples), samples, overflow (an fp16 step the loss scaler skipped, with the
+scale), nonfinite, resume. The loop writes it through `RunLog`; plots, the model
 card and the benchmarks read it through `read_log`.
 """
 

@@ -4,6 +4,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from accelerate import Accelerator
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
@@ -141,14 +142,21 @@ lm_eval --model hf --model_args {lm_eval_args} --tasks hellaswag
 """
 
 
-def create_hub_repo(config: RunConfig):
-    """Before training, as transformers' Trainer does: a missing token or a refused name fails now, not at the end."""
-    if get_token() is None:
-        raise ConfigError("--push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
-    try:
-        HfApi().create_repo(config.hub.hub_model_id, private=config.hub.hub_private, exist_ok=True)
-    except Exception as error:  # HTTP refusals and network failures alike: nothing has been trained yet
-        raise ConfigError(f"cannot create hub repository {config.hub.hub_model_id}: {error}") from error
+def create_hub_repo(config: RunConfig, accelerator: Accelerator):
+    """Before training, as transformers' Trainer does: a missing token or a refused name fails now, not at the end.
+    The main process asks the hub; every process learns the outcome and stops alike."""
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            if get_token() is None:
+                problem = "--push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN"
+            else:
+                HfApi().create_repo(config.hub.hub_model_id, private=config.hub.hub_private, exist_ok=True)
+        except Exception as error:  # HTTP refusals and network failures alike: nothing has been trained yet
+            problem = f"cannot create hub repository {config.hub.hub_model_id}: {error}"
+    failed = accelerator.reduce(torch.tensor(float(problem is not None), device=accelerator.device), "sum").item()
+    if failed:
+        raise ConfigError(problem or "the main process could not create the hub repository (its error is above)")
 
 
 def push_final_model(output_dir: Path, config: RunConfig) -> int:
