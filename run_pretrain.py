@@ -38,7 +38,7 @@ from training.checkpoints import (
     resolve_resume,
     save_checkpoint,
 )
-from training.data import TrainingData, batch_order, build_data, max_micro_batch, train_batches
+from training.data import BatchPlan, TrainingData, batch_order, batch_plan, build_data, rows_per_process, train_batches
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.exit_codes import ExitCode
 from training.final_model import create_hub_repo, push_final_model, save_final_model
@@ -69,6 +69,7 @@ class Run:
     model: torch.nn.Module  # as prepared: DDP-wrapped and compiled when so configured
     optimizers: Optimizers
     data: TrainingData
+    plan: BatchPlan  # the step's shape, decided once in set_up
     output_dir: Path
     log: RunLog
     watchdog: StallWatchdog
@@ -123,14 +124,14 @@ def set_up(config: RunConfig, output_dir: Path, resume_from: Path | None) -> Run
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizers = build_optimizer(model, config, accelerator.device)
-    choose_micro_batch(config, data, model, optimizers, accelerator, resume_from)  # eager, before compiling
+    plan = choose_batch_plan(config, data, model, optimizers, accelerator, resume_from)  # eager, before compiling
     model = optimizers.prepare(model, accelerator)
     start_step = 0
     if resume_from is not None:
         start_step = load_checkpoint(accelerator, resume_from, data.identity, config.data.data_dir)
     log = start_log(config, accelerator, output_dir, resume_from, start_step)
     watchdog = StallWatchdog(config.accelerator.stall_timeout_seconds, output_dir, accelerator.process_index)
-    state = Run(config, accelerator, model, optimizers, data, output_dir, log, watchdog, start_step)
+    state = Run(config, accelerator, model, optimizers, data, plan, output_dir, log, watchdog, start_step)
     report_setup(state)
     return state
 
@@ -142,7 +143,7 @@ def train_within_limits(run: Run) -> int:
         return train(run)
     except RuntimeError as error:  # torch.OutOfMemoryError, the CPU allocator's and cuDNN's; gloo's and NCCL's
         if is_out_of_memory(error):
-            raise OutOfMemory(out_of_memory_message(run.config.data.micro_batch_size, run.data.block_size,
+            raise OutOfMemory(out_of_memory_message(run.plan.micro_batch, run.data.block_size,
                                                     run.accelerator.device)) from None
         if is_lost_peer(error):
             # Torn down here, the broken group cannot abort the interpreter's exit (gloo does after a timeout).
@@ -170,31 +171,33 @@ def check_before_start(config: RunConfig, output_dir: Path) -> Path | None:
     return resume_from
 
 
-def choose_micro_batch(config: RunConfig, data: TrainingData, model, optimizers: Optimizers, accelerator: Accelerator,
-                       resume_from: Path | None):
-    """`--micro_batch_size auto`: a resumed run keeps the micro-batch it had; otherwise the largest that fits
-    every process. Accumulation follows, so the tokens per step, the data order and the results do not change."""
+def choose_batch_plan(config: RunConfig, data: TrainingData, model, optimizers: Optimizers, accelerator: Accelerator,
+                      resume_from: Path | None) -> BatchPlan:
+    """The step's shape: the configured micro-batch, or with `--micro_batch_size auto` the micro-batch a resumed
+    run had, otherwise the largest that fits every process. Accumulation follows, so the tokens per step, the
+    data order and the results do not change."""
+    processes = accelerator.num_processes
     if config.data.micro_batch_size != AUTO:
-        return
-    rows_per_process = max_micro_batch(config, data.block_size, accelerator.num_processes)
+        return batch_plan(config, data.block_size, processes, config.data.micro_batch_size)
+    rows = rows_per_process(config, data.block_size, processes)
     recorded = checkpoint_manifest(resume_from).get("micro_batch_size") if resume_from else None
-    if recorded is not None and rows_per_process % recorded:  # resumed on another number of processes
+    if recorded is not None and rows % recorded:  # resumed on another number of processes
         recorded = None
     if recorded is not None:
         chosen = recorded
     else:
-        chosen = find_micro_batch(model, optimizers, accelerator, rows_per_process, data.block_size,
+        chosen = find_micro_batch(model, optimizers, accelerator, rows, data.block_size,
                                   data.metadata["tokenizer"]["vocab_size"])
-    config.data.micro_batch_size = chosen
-    data.accumulation = rows_per_process // chosen
-    accelerator.print(f"micro-batch auto: {chosen} x {data.block_size}, accumulation {data.accumulation}"
+    plan = batch_plan(config, data.block_size, processes, chosen)
+    accelerator.print(f"micro-batch auto: {chosen} x {data.block_size}, accumulation {plan.accumulation}"
                       + (f" (as {resume_from} trained)" if recorded is not None else " (the largest that fits)"))
+    return plan
 
 
 def report_setup(run: Run):
     """What the device gets, printed and logged: precision, attention kernel, micro-batch, and memory."""
-    report = setup_report(run.config, run.data.block_size, run.data.accumulation,
-                          run.accelerator.unwrap_model(run.model), run.accelerator)
+    report = setup_report(run.config, run.plan, run.data.block_size, run.accelerator.unwrap_model(run.model),
+                          run.accelerator)
     run.accelerator.print(report.pop("summary"))
     run.log.write("setup", run.start_step, **report)
 
@@ -239,7 +242,7 @@ def train(run: Run) -> int:
     """The loop; returns the process exit code (0, preempted, or non-finite)."""
     config, accelerator = run.config, run.accelerator
     o = config.optimization
-    order = batch_order(run.data, config, accelerator.process_index, run.start_step)
+    order = batch_order(run.data, run.plan, config.data.seed, accelerator.process_index, run.start_step)
     batches = train_batches(run.data, order, config, accelerator)
     meter = ThroughputMeter(accelerator.unwrap_model(run.model), run.data.block_size,
                             config.data.total_batch_tokens, accelerator)
@@ -250,7 +253,7 @@ def train(run: Run) -> int:
         for step in run.progress:
             done = step + 1
             run.watchdog.beat(done, "training")
-            result = train_step(run.model, batches, run.data.accumulation, config, accelerator)
+            result = train_step(run.model, batches, run.plan.accumulation, config, accelerator)
             nonfinite, preempted, overflow = finish_step(run.optimizers, result, preemption.raised, accelerator)
             if overflow:  # fp16's dynamic loss scaling at work: not a broken run
                 run.log.write("overflow", done, scale=accelerator.scaler.get_scale(), loss=result.loss.item())
@@ -325,14 +328,15 @@ def run_periodic_jobs(run: Run, done: int, must_save: bool):
 
 
 def validate(run: Run, done: int):
-    val_loss = evaluate_loss(run.model, run.data, run.config, run.accelerator, on_batch=run.watchdog.beat)
+    val_loss = evaluate_loss(run.model, run.data, run.config, run.accelerator, run.plan.micro_batch,
+                             on_batch=run.watchdog.beat)
     run.log.write("eval", done, val_loss=val_loss)
     if run.accelerator.is_main_process:
         run.progress.write(f"step {done}: validation loss {val_loss:.4f}")
 
 
 def score_hellaswag(run: Run, done: int):
-    run.log.write("hellaswag", done, **evaluate_hellaswag(run.model, run.data, run.config, run.accelerator,
+    run.log.write("hellaswag", done, **evaluate_hellaswag(run.model, run.data, run.accelerator, run.plan.micro_batch,
                                                           on_batch=run.watchdog.beat))
 
 
@@ -346,7 +350,7 @@ def write_samples(run: Run, done: int):
 def checkpoint(run: Run, done: int):
     with run.watchdog.watch_files(run.output_dir / CHECKPOINTS_DIR):  # a large save on a slow disk is progress
         save_checkpoint(run.accelerator, run.output_dir, done, run.config.checkpointing.keep_last,
-                        {"data_identity": run.data.identity, "micro_batch_size": run.config.data.micro_batch_size})
+                        {"data_identity": run.data.identity, "micro_batch_size": run.plan.micro_batch})
 
 
 def is_due(step: int, every: int, last_step: int) -> bool:

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 
 from formats.packed_data import read_metadata
 from training.arguments import parse_config
-from training.data import batch_order, build_data, train_batches
+from training.data import BatchPlan, batch_order, build_data, train_batches
 
 GPU_TOKENS_PER_SECOND = 500_000  # the per-GPU goal of benchmarks/throughput.py
 
@@ -30,7 +30,9 @@ def loader_rate(data_dir: str, micro_batch: int, workers: int, batches: int, rep
     config = parse_config(["--data_dir", data_dir, "--micro_batch_size", str(micro_batch), "--dataloader_workers",
                            str(workers), "--total_batch_tokens", str(micro_batch * block_size), "--report_to", "none"])
     data = build_data(config, world_size=1)
-    stream = train_batches(data, batch_order(data, config, rank=0, start_step=0), config, Accelerator(cpu=True))
+    plan = BatchPlan(micro_batch, accumulation=1, processes=1)
+    order = batch_order(data, plan, config.data.seed, rank=0, start_step=0)
+    stream = train_batches(data, order, config, Accelerator(cpu=True))
     first_inputs, _targets = next(stream)
     first = hashlib.sha256(first_inputs.numpy().tobytes()).hexdigest()
     for _ in range(2 * max(workers, 1)):

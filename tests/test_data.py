@@ -1,13 +1,16 @@
-"""training/data.py: the order of training rows for any number of processes, and the batches."""
+"""training/data.py: the step's shape, and the order of training rows for any number of processes."""
 
+import pytest
+from conftest import adamw_config
 
-
-from training.data import TrainBatchOrder
+from training.arguments import ConfigError
+from training.data import BatchPlan, TrainBatchOrder, batch_plan, rows_per_process
 
 
 def test_batch_order_is_the_same_for_any_world_size_and_resumes():
     def step_rows(world, steps, start=0):
-        orders = [iter(TrainBatchOrder(103, 2, 4 // world, world, rank, seed=7, start_step=start))
+        plan = BatchPlan(micro_batch=2, accumulation=4 // world, processes=world)
+        orders = [iter(TrainBatchOrder(103, plan, rank, seed=7, start_step=start))
                   for rank in range(world)]
         per_step = []
         for _ in range(steps):
@@ -22,3 +25,15 @@ def test_batch_order_is_the_same_for_any_world_size_and_resumes():
     first_epoch = [r for rows in single[:per_epoch] for r in rows]
     assert len(set(first_epoch)) == len(first_epoch)  # no row twice within an epoch
     assert single[per_epoch] != single[0]  # the next epoch is reshuffled
+
+
+def test_a_batch_plan_keeps_the_tokens_per_step_and_is_never_changed():
+    config = adamw_config(total_batch_tokens=8 * 4 * 32)  # 8 rows of 32 tokens on each of 4 processes
+    assert rows_per_process(config, block_size=32, processes=4) == 8
+    plan = batch_plan(config, block_size=32, processes=4, micro_batch=2)
+    assert (plan.micro_batch, plan.accumulation, plan.processes, plan.rows_per_step) == (2, 4, 4, 32)
+    with pytest.raises(AttributeError):
+        plan.micro_batch = 4  # frozen: decided once, read everywhere
+    with pytest.raises(ConfigError, match="not a multiple of micro_batch_size x block_size x processes = "
+                                          "3 x 32 x 4 = 384"):
+        batch_plan(config, block_size=32, processes=4, micro_batch=3)

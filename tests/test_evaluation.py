@@ -26,7 +26,8 @@ def test_validation_loss_is_the_mean_over_the_first_eval_tokens(tiny_data, tmp_p
         logits = model.eval()(rows[:, :-1]).logits
     expected = F.cross_entropy(logits.flatten(0, 1).double(), rows[:, 1:].flatten()).item()
     batches_taken = []
-    loss = evaluate_loss(model.train(), data, config, accelerator, on_batch=lambda: batches_taken.append(1))
+    loss = evaluate_loss(model.train(), data, config, accelerator, batch_size=4,
+                         on_batch=lambda: batches_taken.append(1))
     assert abs(loss - expected) < 1e-5
     assert model.training  # back to training afterwards
     assert len(batches_taken) == 3  # 10 rows in micro-batches of 4: each batch is the watchdog's progress

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 from conftest import REPO_ROOT, adamw_config, losses_in, patched_run_pretrain, tiny_config, tiny_run_args
 
 import run_pretrain
@@ -121,6 +122,8 @@ def test_auto_trains_exactly_as_the_micro_batch_it_found_set_by_hand(tiny_data, 
     assert losses_in(auto / "log.jsonl") == losses_in(by_hand / "log.jsonl")
     setup = [json.loads(line) for line in open(auto / "log.jsonl") if '"setup"' in line][0]
     assert (setup["micro_batch_size"], setup["accumulation"], setup["precision"]) == (4, 2, "no")
+    # the run's configuration is what the user asked for; the setup record, what was chosen
+    assert yaml.safe_load((auto / "run_config.yaml").read_text())["data"]["micro_batch_size"] == "auto"
     # a resumed run keeps the micro-batch it trained with: no search
     monkeypatch.setattr(memory, "probe_step", lambda *args: pytest.fail("searched again on resume"))
     assert run_pretrain.main(tiny_run_args(tiny_data, auto, micro_batch_size="auto", max_steps=4, save_every=2,

@@ -45,6 +45,40 @@ class RowBatches(torch.utils.data.Dataset):
         return inputs_and_targets(self.rows.take(np.sort(indices)))
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """A step's shape, decided once when the run is set up (from the configuration, or the micro-batch search)
+    and read everywhere after: each of `processes` runs `accumulation` micro-batches of `micro_batch` rows."""
+
+    micro_batch: int
+    accumulation: int
+    processes: int
+
+    @property
+    def rows_per_step(self) -> int:
+        """Rows one optimizer step trains on, all processes together."""
+        return self.micro_batch * self.accumulation * self.processes
+
+
+def rows_per_process(config: RunConfig, block_size: int, processes: int) -> int:
+    """The rows one step gives each process: the largest micro-batch, with no accumulation."""
+    tokens_per_row_everywhere = block_size * processes
+    if config.data.total_batch_tokens % tokens_per_row_everywhere:
+        raise ConfigError(f"total_batch_tokens {config.data.total_batch_tokens:,} is not a multiple of block_size x "
+                          f"processes = {block_size} x {processes}")
+    return config.data.total_batch_tokens // tokens_per_row_everywhere
+
+
+def batch_plan(config: RunConfig, block_size: int, processes: int, micro_batch: int) -> BatchPlan:
+    """Micro-batches of `micro_batch` rows, accumulated to the configured tokens per step."""
+    tokens_per_micro_step = micro_batch * block_size * processes
+    if config.data.total_batch_tokens % tokens_per_micro_step:
+        raise ConfigError(
+            f"total_batch_tokens {config.data.total_batch_tokens:,} is not a multiple of micro_batch_size x "
+            f"block_size x processes = {micro_batch} x {block_size} x {processes} = {tokens_per_micro_step:,}")
+    return BatchPlan(micro_batch, config.data.total_batch_tokens // tokens_per_micro_step, processes)
+
+
 class TrainBatchOrder(torch.utils.data.Sampler):
     """Row numbers of this process's micro-batches, from a given optimizer step on.
 
@@ -54,32 +88,25 @@ class TrainBatchOrder(torch.utils.data.Sampler):
     is a matter of starting here at s.
     """
 
-    def __init__(self, num_rows, micro_batch, accumulation, world_size, rank, seed, start_step=0):
-        self.micro_batch, self.accumulation = micro_batch, accumulation
-        self.world_size, self.rank, self.seed, self.start_step = world_size, rank, seed, start_step
-        self.rows_per_step = rows_per_step(micro_batch, accumulation, world_size)
-        self.steps_per_epoch = num_rows // self.rows_per_step
+    def __init__(self, num_rows: int, plan: BatchPlan, rank: int, seed: int, start_step: int = 0):
+        self.plan, self.rank, self.seed, self.start_step = plan, rank, seed, start_step
+        self.steps_per_epoch = num_rows // plan.rows_per_step
         self.num_rows = num_rows
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
     def __iter__(self):
-        step, permutation, epoch = self.start_step, None, None
+        plan, step, permutation, epoch = self.plan, self.start_step, None, None
         while True:
             if self.epoch_of(step) != epoch:
                 epoch = self.epoch_of(step)
                 permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-            step_rows = permutation[(step % self.steps_per_epoch) * self.rows_per_step :][: self.rows_per_step]
-            for micro in range(self.accumulation):
-                chunk = micro * self.world_size + self.rank
-                yield step_rows[chunk * self.micro_batch : (chunk + 1) * self.micro_batch]
+            step_rows = permutation[(step % self.steps_per_epoch) * plan.rows_per_step :][: plan.rows_per_step]
+            for micro in range(plan.accumulation):
+                chunk = micro * plan.processes + self.rank
+                yield step_rows[chunk * plan.micro_batch : (chunk + 1) * plan.micro_batch]
             step += 1
-
-
-def rows_per_step(micro_batch: int, accumulation: int, world_size: int) -> int:
-    """Rows one optimizer step trains on, all processes together."""
-    return micro_batch * accumulation * world_size
 
 
 @dataclass
@@ -89,33 +116,13 @@ class TrainingData:
     metadata: dict
     tokenizer: object
     block_size: int
-    accumulation: int
-    rows_per_step: int  # micro-batch x accumulation x processes
-    world_size: int
     hellaswag: list | None  # examples, when the loop evaluates HellaSwag
     identity: dict  # formats.packed_data.data_identity: what a checkpoint records of its data
 
 
-def micro_batch_rows(config: RunConfig, block_size: int, world_size: int) -> int:
-    """The configured micro-batch; with `--micro_batch_size auto`, the largest one until the search chooses."""
-    if config.data.micro_batch_size == AUTO:
-        return max_micro_batch(config, block_size, world_size)
-    return config.data.micro_batch_size
-
-
-def gradient_accumulation_steps(config: RunConfig, block_size: int, world_size: int) -> int:
-    micro_batch = micro_batch_rows(config, block_size, world_size)
-    tokens_per_micro_step = micro_batch * block_size * world_size
-    if config.data.total_batch_tokens % tokens_per_micro_step:
-        raise ConfigError(
-            f"total_batch_tokens {config.data.total_batch_tokens:,} is not a multiple of micro_batch_size x "
-            f"block_size x processes = {config.data.micro_batch_size} x {block_size} x {world_size} = "
-            f"{tokens_per_micro_step:,}"
-        )
-    return config.data.total_batch_tokens // tokens_per_micro_step
-
-
 def build_data(config: RunConfig, world_size: int) -> TrainingData:
+    """The prepared data, checked against the settings: its block size against the model's positions, the
+    step's tokens against its rows and the number of processes, and enough rows for one step."""
     try:
         metadata = read_metadata(config.data.data_dir)
     except NotPreparedError as error:
@@ -125,9 +132,10 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
         raise ConfigError(f"data block_size {block_size} exceeds the model's n_positions {config.model.n_positions}")
     splits = load_splits(config.data.data_dir)
     tokenizer = load_tokenizer(config.data.data_dir)
-    accumulation = gradient_accumulation_steps(config, block_size, world_size)
+    micro_batch = config.data.micro_batch_size
+    largest = rows_per_process(config, block_size, world_size) if micro_batch == AUTO else micro_batch
+    step_rows = batch_plan(config, block_size, world_size, largest).rows_per_step  # any micro-batch: the same rows
     train, validation = RowBatches(splits["train"]), RowBatches(splits["validation"])
-    step_rows = rows_per_step(micro_batch_rows(config, block_size, world_size), accumulation, world_size)
     if len(train) < step_rows:
         raise ConfigError(f"{config.data.data_dir} holds {len(train)} training rows; one step needs {step_rows}")
     examples = None
@@ -136,24 +144,12 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
             examples = hellaswag.load_examples(config.evaluation.hellaswag_file)
         except (hellaswag.HellaSwagDataError, OSError) as error:
             raise ConfigError(str(error)) from None
-    identity = data_identity(metadata)
-    return TrainingData(train, validation, metadata, tokenizer, block_size, accumulation, step_rows, world_size,
-                        examples, identity)
+    return TrainingData(train, validation, metadata, tokenizer, block_size, examples, data_identity(metadata))
 
 
-def max_micro_batch(config: RunConfig, block_size: int, world_size: int) -> int:
-    """The rows one step gives each process: the largest micro-batch, with no accumulation."""
-    tokens_per_row_everywhere = block_size * world_size
-    if config.data.total_batch_tokens % tokens_per_row_everywhere:
-        raise ConfigError(f"total_batch_tokens {config.data.total_batch_tokens:,} is not a multiple of block_size x "
-                          f"processes = {block_size} x {world_size}")
-    return config.data.total_batch_tokens // tokens_per_row_everywhere
-
-
-def batch_order(data: TrainingData, config: RunConfig, rank: int, start_step: int) -> TrainBatchOrder:
+def batch_order(data: TrainingData, plan: BatchPlan, seed: int, rank: int, start_step: int) -> TrainBatchOrder:
     """This process's micro-batches of the run, from `start_step` on."""
-    return TrainBatchOrder(len(data.train), config.data.micro_batch_size, data.accumulation, data.world_size, rank,
-                           config.data.seed, start_step)
+    return TrainBatchOrder(len(data.train), plan, rank, seed, start_step)
 
 
 def worker_context():

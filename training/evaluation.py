@@ -10,13 +10,13 @@ from training.arguments import RunConfig
 from training.data import TrainingData
 
 
-def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Accelerator,
+def evaluate_loss(model, data: TrainingData, config: RunConfig, accelerator: Accelerator, batch_size: int,
                   on_batch=None) -> float:
-    """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes;
-    `on_batch()` is called as each batch is taken (the stall watchdog's progress)."""
+    """Mean loss over the first `eval_tokens` validation tokens, the same rows for any number of processes, in
+    batches of `batch_size` rows; `on_batch()` is called as each batch is taken (the stall watchdog's progress)."""
     rows = validation_rows(len(data.validation), config.evaluation.eval_tokens, data.block_size)
     mine = np.arange(accelerator.process_index, rows, accelerator.num_processes)
-    batches = row_batches(data.validation.rows, mine, config.data.micro_batch_size)
+    batches = row_batches(data.validation.rows, mine, batch_size)
     return validation_loss(model, calling_back(batches, on_batch), accelerator)
 
 
@@ -50,8 +50,6 @@ def generate_samples(model, tokenizer, config: RunConfig, accelerator: Accelerat
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-def evaluate_hellaswag(model, data: TrainingData, config: RunConfig, accelerator: Accelerator,
-                       on_batch=None) -> dict:
+def evaluate_hellaswag(model, data: TrainingData, accelerator: Accelerator, batch_size: int, on_batch=None) -> dict:
     return hellaswag.evaluate_model(eager_module(model, accelerator), data.tokenizer, data.hellaswag,
-                                    accelerator=accelerator, batch_size=config.data.micro_batch_size,
-                                    on_batch=on_batch)
+                                    accelerator=accelerator, batch_size=batch_size, on_batch=on_batch)

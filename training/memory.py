@@ -16,9 +16,9 @@ from accelerate.utils import find_executable_batch_size
 from accelerate.utils.memory import should_reduce_batch_size
 
 from formats.packed_data import inputs_and_targets, score_next_tokens
+from training.arguments import AUTO
+from training.data import BatchPlan
 from training.optimizer import hidden_matrices
-
-AUTO = "auto"
 
 
 class OutOfMemory(Exception):
@@ -163,12 +163,12 @@ def expected_attention(device: torch.device, precision: str, n_head: int, head_d
         return "flash" if dtype != torch.float32 and major >= 8 else "memory-efficient"
 
 
-def setup_report(config, block_size: int, accumulation: int, model, accelerator: Accelerator) -> dict:
+def setup_report(config, plan: BatchPlan, block_size: int, model, accelerator: Accelerator) -> dict:
     """Start-up's account of what the device gets; `summary` is the printed form."""
     device, precision = accelerator.device, accelerator.mixed_precision
     c = model.config
     attention = expected_attention(device, precision, c.n_head, c.n_embd // c.n_head, block_size)
-    micro_batch = config.data.micro_batch_size
+    micro_batch, accumulation = plan.micro_batch, plan.accumulation
     estimate = memory_estimate(model, config.optimization.optimizer, micro_batch, block_size, precision,
                                config.model.gradient_checkpointing)
     if device.type == "cuda":
