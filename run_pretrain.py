@@ -39,6 +39,7 @@ from training.checkpoints import (
     save_checkpoint,
 )
 from training.data import BatchPlan, TrainingData, batch_order, batch_plan, build_data, rows_per_process, train_batches
+from training.device import setup_report
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.exit_codes import ExitCode
 from training.final_model import create_hub_repo, push_final_model, save_final_model
@@ -48,7 +49,6 @@ from training.memory import (
     find_micro_batch,
     is_out_of_memory,
     out_of_memory_message,
-    setup_report,
 )
 from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step

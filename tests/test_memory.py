@@ -1,4 +1,4 @@
-"""training/memory.py: precision from the device's capabilities, the micro-batch search, and the start-up estimate."""
+"""training/memory.py: the micro-batch search, running out of memory on one line, and the memory estimate."""
 
 import json
 import os
@@ -15,15 +15,6 @@ from training import memory
 from training.accelerator import CPU_LAUNCH_ENV, launch_command
 from training.exit_codes import ExitCode
 from training.optimizer import build_optimizer
-
-
-@pytest.mark.parametrize("has_cuda,has_bf16,expected", [(True, True, "bf16"), (True, False, "fp16"),
-                                                        (False, False, "no")])
-def test_auto_precision_follows_the_devices_capabilities(monkeypatch, has_cuda, has_bf16, expected):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: has_bf16)
-    assert memory.device_precision("auto") == expected
-    assert memory.device_precision("fp16") == "fp16"  # a stated precision is kept
 
 
 def test_the_search_starts_without_accumulation_and_halves_through_sizes_that_divide_the_step():
@@ -105,10 +96,6 @@ def test_the_memory_estimate_follows_the_models_own_mlp_width():
     assert adamw.weights == 4 * parameters and adamw.optimizer - muon.optimizer == 4 * matrices
     # per token and layer: 18 x 36 outside the MLP's hidden layer, 4 x 50 inside it (34 x 36 at 144 wide)
     assert adamw.activations == (18 * 36 + 4 * 50) * 2 * 16 * 3 + 4 * 13 * 101
-
-
-def test_the_expected_attention_kernel_on_cpu():
-    assert memory.expected_attention(torch.device("cpu"), "no", 12, 64, 1024) == "flash (the CPU kernel)"
 
 
 def test_auto_trains_exactly_as_the_micro_batch_it_found_set_by_hand(tiny_data, tmp_path, monkeypatch, capsys):

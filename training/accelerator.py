@@ -13,7 +13,7 @@ from accelerate.utils import (
 
 from training.arguments import RunConfig
 from training.checkpoints import save_tied_weights_once
-from training.memory import device_precision, has_tf32
+from training.device import device_precision, has_tf32
 from training.watchdog import collective_timeout
 
 

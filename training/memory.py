@@ -1,11 +1,9 @@
-"""What the device gets: the precision it supports, the largest micro-batch that fits, and what a step should take.
+"""Device memory: the largest micro-batch that fits, running out of memory said on one line, and an estimate.
 
-- `device_precision`: `--mixed_precision auto` as bf16 where the device supports it, fp16 (with dynamic
-  loss scaling) on GPUs without bf16, none on CPU.
 - `find_micro_batch`: `--micro_batch_size auto` as the largest micro-batch that runs a full forward,
   backward and optimizer step, searched with Accelerate's `find_executable_batch_size` (which also
   recognises the out-of-memory errors), every process agreeing on the smallest.
-- `memory_estimate` and `expected_attention`: what start-up prints of the step to come.
+- `memory_estimate`: what a step should hold at its peak, by part, for start-up's report.
 """
 
 from dataclasses import dataclass
@@ -16,32 +14,11 @@ from accelerate.utils import find_executable_batch_size
 from accelerate.utils.memory import should_reduce_batch_size
 
 from formats.packed_data import inputs_and_targets, score_next_tokens
-from training.arguments import AUTO
-from training.data import BatchPlan
 from training.optimizer import hidden_matrices
 
 
 class OutOfMemory(Exception):
     """A step that does not fit the device, reported on one line with what to change."""
-
-
-def choose_precision(requested: str, has_cuda: bool, has_bf16: bool) -> str:
-    if requested != AUTO:
-        return requested
-    if not has_cuda:
-        return "no"
-    return "bf16" if has_bf16 else "fp16"
-
-
-def device_precision(requested: str) -> str:
-    """`requested`, or for auto what this machine's first GPU supports (none on CPU)."""
-    has_cuda = torch.cuda.is_available()
-    return choose_precision(requested, has_cuda, has_cuda and torch.cuda.is_bf16_supported())
-
-
-def has_tf32() -> bool:
-    """TF32 tensor cores exist from Ampere (compute capability 8.0) on."""
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def micro_batch_candidates(rows_per_process: int) -> list[int]:
@@ -143,47 +120,3 @@ def memory_estimate(model, optimizer: str, micro_batch: int, block_size: int, pr
     logits_chunk = 4 * c.loss_chunk_tokens * c.vocab_size
     return MemoryEstimate(weights=4 * parameters, gradients=4 * parameters, optimizer=optimizer_bytes,
                           activations=per_layer * kept_layers + logits_chunk)
-
-
-def expected_attention(device: torch.device, precision: str, n_head: int, head_dim: int, block_size: int) -> str:
-    """The SDPA kernel torch would pick for causal attention of this shape and dtype on this device."""
-    if device.type != "cuda":
-        return "flash (the CPU kernel)"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    q = torch.empty(1, n_head, block_size, head_dim, device=device, dtype=dtype)
-    try:
-        params = torch.backends.cuda.SDPAParams(q, q, q, None, 0.0, True, False)
-        if torch.backends.cuda.can_use_flash_attention(params):
-            return "flash"
-        if torch.backends.cuda.can_use_efficient_attention(params):
-            return "memory-efficient"
-        return "math"
-    except (AttributeError, TypeError, RuntimeError):  # the query API changes between torch releases
-        major = torch.cuda.get_device_capability(device)[0]
-        return "flash" if dtype != torch.float32 and major >= 8 else "memory-efficient"
-
-
-def setup_report(config, plan: BatchPlan, block_size: int, model, accelerator: Accelerator) -> dict:
-    """Start-up's account of what the device gets; `summary` is the printed form."""
-    device, precision = accelerator.device, accelerator.mixed_precision
-    c = model.config
-    attention = expected_attention(device, precision, c.n_head, c.n_embd // c.n_head, block_size)
-    micro_batch, accumulation = plan.micro_batch, plan.accumulation
-    estimate = memory_estimate(model, config.optimization.optimizer, micro_batch, block_size, precision,
-                               config.model.gradient_checkpointing)
-    if device.type == "cuda":
-        name, total = torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory
-    else:
-        import psutil
-
-        name, total = "cpu", psutil.virtual_memory().total
-    gib = 2**30
-    summary = (f"{model.num_parameters():,} parameters, {accelerator.num_processes} processes on {name}: precision "
-               f"{precision}, attention {attention}, micro-batch {micro_batch} x {block_size}, accumulation "
-               f"{accumulation} ({config.data.total_batch_tokens:,} tokens per step); peak memory about "
-               f"{estimate.total / gib:.1f} GiB (weights {estimate.weights / gib:.1f}, gradients "
-               f"{estimate.gradients / gib:.1f}, optimizer {estimate.optimizer / gib:.1f}, activations "
-               f"{estimate.activations / gib:.1f}) of {total / gib:.1f} GiB")
-    return {"summary": summary, "device": name, "processes": accelerator.num_processes, "precision": precision,
-            "attention": attention, "micro_batch_size": micro_batch, "accumulation": accumulation,
-            "estimated_peak_bytes": estimate.total, "device_bytes": total}
