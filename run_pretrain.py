@@ -6,7 +6,7 @@
 
 The YAML has one section per dataclass of `training.arguments` (model, data, optimization, accelerator,
 evaluation, output, checkpointing, hub); every field is also a command-line flag. Data comes from
-`prepare_data.py`. This file is the recipe: main() -> run(): check the settings, set_up() the data,
+`prepare_data.py`. This file is the recipe: main() -> train_and_save(): check the settings, set_up() the data,
 accelerator, model, optimizer and micro-batch, train (evaluating and checkpointing as it goes), save and
 push; each ingredient lives in its own module of `training/`. Exit statuses: `training/exit_codes.py`.
 """
@@ -33,8 +33,8 @@ from training.checkpoints import (
     CheckpointError,
     check_disk_space,
     check_run_directory,
-    checkpoint_manifest,
     load_checkpoint,
+    read_manifest,
     resolve_resume,
     save_checkpoint,
 )
@@ -85,23 +85,23 @@ ERROR_STATUS = {ConfigError: ExitCode.BAD_SETTING, CheckpointError: ExitCode.CHE
 def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(argv)
-        return run(config)
+        return train_and_save(config)
     except tuple(ERROR_STATUS) as error:
         print(f"run_pretrain.py: error: {error}", file=sys.stderr)
         return next(status for kind, status in ERROR_STATUS.items() if isinstance(error, kind))
 
 
-def run(config: RunConfig) -> int:
+def train_and_save(config: RunConfig) -> int:
     """Check the settings, set the run up, train, save: each a function below."""
     output_dir = Path(config.output.output_dir)
     resume_from = check_before_start(config, output_dir)
-    state = set_up(config, output_dir, resume_from)
-    with state.watchdog:
-        status = train_within_limits(state)
+    run = set_up(config, output_dir, resume_from)
+    with run.watchdog:
+        status = train_within_limits(run)
         if status == ExitCode.OK:
-            state.watchdog.beat(config.optimization.max_steps, "saving the final model")
-            status = save_and_push(state)
-    state.accelerator.end_training()
+            run.watchdog.beat(config.optimization.max_steps, "saving the final model")
+            status = save_and_push(run)
+    run.accelerator.end_training()
     return status
 
 
@@ -131,9 +131,9 @@ def set_up(config: RunConfig, output_dir: Path, resume_from: Path | None) -> Run
         start_step = load_checkpoint(accelerator, resume_from, data.identity, config.data.data_dir)
     log = start_log(config, accelerator, output_dir, resume_from, start_step)
     watchdog = StallWatchdog(config.accelerator.stall_timeout_seconds, output_dir, accelerator.process_index)
-    state = Run(config, accelerator, model, optimizers, data, plan, output_dir, log, watchdog, start_step)
-    report_setup(state)
-    return state
+    run = Run(config, accelerator, model, optimizers, data, plan, output_dir, log, watchdog, start_step)
+    report_setup(run)
+    return run
 
 
 def train_within_limits(run: Run) -> int:
@@ -180,7 +180,7 @@ def choose_batch_plan(config: RunConfig, data: TrainingData, model, optimizers: 
     if config.data.micro_batch_size != AUTO:
         return batch_plan(config, data.block_size, processes, config.data.micro_batch_size)
     rows = rows_per_process(config, data.block_size, processes)
-    recorded = checkpoint_manifest(resume_from).get("micro_batch_size") if resume_from else None
+    recorded = read_manifest(resume_from).get("micro_batch_size") if resume_from else None
     if recorded is not None and rows % recorded:  # resumed on another number of processes
         recorded = None
     if recorded is not None:

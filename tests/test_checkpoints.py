@@ -12,7 +12,7 @@ from conftest import tiny_config
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.arguments import ConfigError, parse_config
 from training.checkpoints import (
-    RUN_STATE_FILE,
+    MANIFEST_FILE,
     check_disk_space,
     check_run_directory,
     checkpoint_dir,
@@ -33,10 +33,10 @@ def test_a_checkpoint_is_its_files_and_a_manifest_of_their_checksums(accelerator
     save_checkpoint(accelerator, tmp_path, 3, keep_last=3, extra={"data_identity": {"rows": 7}})
     saved = checkpoint_dir(tmp_path, 3)
     assert saved.name == "step_0000003" and not saved.with_name("step_0000003.tmp").exists()
-    manifest = json.loads((saved / RUN_STATE_FILE).read_text())
+    manifest = json.loads((saved / MANIFEST_FILE).read_text())
     assert (manifest["step"], manifest["data_identity"]) == (3, {"rows": 7})
     files = sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*")
-                   if p.is_file() and p.name != RUN_STATE_FILE)
+                   if p.is_file() and p.name != MANIFEST_FILE)
     assert sorted(manifest["files"]) == files and "model.safetensors" in files
     for name, entry in manifest["files"].items():
         data = (saved / name).read_bytes()
@@ -50,7 +50,7 @@ def test_damage_is_named_and_only_finished_checkpoints_count(accelerator, prepar
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_0000004", "step_0000006"]  # the oldest pruned
     (tmp_path / "checkpoints" / "step_0000008.tmp").mkdir()  # a save that never finished
     shutil.copytree(checkpoint_dir(tmp_path, 6), checkpoint_dir(tmp_path, 9))
-    (checkpoint_dir(tmp_path, 9) / RUN_STATE_FILE).unlink()  # no manifest: not a checkpoint
+    (checkpoint_dir(tmp_path, 9) / MANIFEST_FILE).unlink()  # no manifest: not a checkpoint
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_0000004", "step_0000006"]
     weights = checkpoint_dir(tmp_path, 6) / "model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -34,6 +34,6 @@ def test_each_one_line_error_maps_to_its_own_status(tiny_data, tmp_path, monkeyp
         def fails(config, error=error):
             raise error("what went wrong")
 
-        monkeypatch.setattr(run_pretrain, "run", fails)
+        monkeypatch.setattr(run_pretrain, "train_and_save", fails)
         assert run_pretrain.main([]) == status
         assert capsys.readouterr().err == "run_pretrain.py: error: what went wrong\n"

@@ -118,7 +118,7 @@ def test_auto_trains_exactly_as_the_micro_batch_it_found_set_by_hand(tiny_data, 
     assert f"micro-batch auto: 4 x 32, accumulation 2 (as {auto / 'checkpoints' / 'step_0000004'} trained)" in (
         capsys.readouterr().out)
     # unless that size no longer divides a step's rows on each process (another process count): search again
-    manifest = auto / "checkpoints" / "step_0000004" / "trainer_state.json"
+    manifest = auto / "checkpoints" / "step_0000004" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "micro_batch_size": 3}))
     tried = fits_up_to(monkeypatch, largest=5)
     assert run_pretrain.main(tiny_run_args(tiny_data, auto, micro_batch_size="auto", max_steps=4, save_every=2,

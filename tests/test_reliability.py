@@ -455,9 +455,9 @@ def test_a_checkpoint_of_an_earlier_version_is_refused_on_one_line(tiny_data, tm
     out = tmp_path / "run"
     assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=2, save_every=2)) == 0
     checkpoint = out / "checkpoints" / "step_0000002"
-    manifest = json.loads((checkpoint / "trainer_state.json").read_text())
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
     del manifest["data_identity"]  # what the kit recorded before it knew its data by content
-    (checkpoint / "trainer_state.json").write_text(json.dumps(manifest))
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
     assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "refused", max_steps=4,
                                            resume_from_checkpoint=checkpoint)) == ExitCode.BAD_SETTING
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

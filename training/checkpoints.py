@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from formats.packed_data import identity_difference
 from training.arguments import ConfigError, RunConfig
 
-RUN_STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"  # what a checkpoint holds: its step, data, micro-batch and files' checksums
 
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -28,7 +28,7 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     if not root.exists():
         return []
     found = [p for p in root.iterdir() if p.name.startswith("step_") and not p.name.endswith(".tmp")]
-    return sorted((p for p in found if (p / RUN_STATE_FILE).exists()), key=lambda p: int(p.name.split("_")[1]))
+    return sorted((p for p in found if (p / MANIFEST_FILE).exists()), key=lambda p: int(p.name.split("_")[1]))
 
 
 def file_digest(path: Path) -> str:
@@ -42,9 +42,9 @@ def file_digest(path: Path) -> str:
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """What is wrong with a checkpoint (naming the file), or None when every file matches its manifest."""
     try:
-        manifest = json.loads((checkpoint / RUN_STATE_FILE).read_text())
+        manifest = read_manifest(checkpoint)
     except (OSError, json.JSONDecodeError) as error:
-        return f"{checkpoint / RUN_STATE_FILE} is unreadable ({error})"
+        return f"{checkpoint / MANIFEST_FILE} is unreadable ({error})"
     for name, expected in manifest.get("files", {}).items():
         path = checkpoint / name
         if not path.exists():
@@ -91,9 +91,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep_
         if accelerator.is_main_process:
             files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
                      for p in sorted(staging.rglob("*")) if p.is_file()}
-            manifest = staging / (RUN_STATE_FILE + ".partial")
+            manifest = staging / (MANIFEST_FILE + ".partial")
             manifest.write_text(json.dumps({"step": step, **extra, "files": files}, indent=2))
-            manifest.rename(staging / RUN_STATE_FILE)
+            manifest.rename(staging / MANIFEST_FILE)
     except OSError as caught:  # disk full, quota, permissions: this save is lost, nothing else
         error = caught
     failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum").item()
@@ -128,24 +128,24 @@ def resolve_resume(config: RunConfig, output_dir: Path) -> Path | None:
             raise ConfigError(f"no intact checkpoint in {output_dir / CHECKPOINTS_DIR}")
         return None  # nothing saved yet: a first launch of a requeueing job starts from scratch
     path = Path(requested)
-    if not (path / RUN_STATE_FILE).exists():
-        raise ConfigError(f"{path} is not a complete checkpoint ({RUN_STATE_FILE} missing)")
+    if not (path / MANIFEST_FILE).exists():
+        raise ConfigError(f"{path} is not a complete checkpoint ({MANIFEST_FILE} missing)")
     problem = checkpoint_problem(path)
     if problem:
         raise ConfigError(f"cannot resume: {problem}")
     return path
 
 
-def checkpoint_manifest(checkpoint: Path) -> dict:
+def read_manifest(checkpoint: Path) -> dict:
     """What a checkpoint records beside its files: the step, its data's identity, the micro-batch, checksums."""
-    return json.loads((checkpoint / RUN_STATE_FILE).read_text())
+    return json.loads((checkpoint / MANIFEST_FILE).read_text())
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_identity: dict, data_dir: str) -> int:
     """Restore model, optimizer, schedule and RNG states; returns the optimizer step to continue from.
     The checkpoint's data must be this data by content (`formats.packed_data.data_identity`)."""
-    state = checkpoint_manifest(checkpoint)
-    recorded = state.get("data_identity")
+    manifest = read_manifest(checkpoint)
+    recorded = manifest.get("data_identity")
     if recorded is None:
         raise ConfigError(f"{checkpoint} was written by an earlier version of this kit, which did not record what "
                           "its data is: it cannot be resumed here")
@@ -153,8 +153,8 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_identity: d
     if difference:
         raise ConfigError(f"{checkpoint} was trained on other data than {data_dir} ({difference})")
     accelerator.load_state(str(checkpoint))
-    accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
-    return state["step"]
+    accelerator.print(f"resumed from {checkpoint} at step {manifest['step']}")
+    return manifest["step"]
 
 
 def check_disk_space(output_dir: Path, num_parameters: int):
