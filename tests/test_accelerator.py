@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import torch
-from conftest import REPO_ROOT, adamw_config
+from support.paths import REPO_ROOT
+from support.tiny import adamw_config
 
 from training.accelerator import compile_plugin, ddp_settings
 

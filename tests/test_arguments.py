@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 from training.arguments import CONFIG_SECTIONS, ConfigError, EvaluationArguments, parse_config
 

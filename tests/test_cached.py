@@ -2,7 +2,7 @@
 
 
 import numpy as np
-from conftest import prepare_corpus, rows_of
+from support.corpus import prepare_corpus, rows_of
 
 
 def test_output_is_identical_for_one_and_two_processes(corpus, tmp_path, ranks_file):

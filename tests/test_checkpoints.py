@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_config
+from support.tiny import tiny_config
 
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.arguments import ConfigError, parse_config

@@ -2,7 +2,7 @@
 
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 from run_pretrain import parse_config
 

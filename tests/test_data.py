@@ -1,7 +1,7 @@
 """training/data.py: the step's shape, and the order of training rows for any number of processes."""
 
 import pytest
-from conftest import adamw_config
+from support.tiny import adamw_config
 
 from training.arguments import ConfigError
 from training.data import BatchPlan, TrainBatchOrder, batch_plan, rows_per_process

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from benchmarks.throughput import sdpa_backend
 from training import device
 
 
@@ -15,5 +16,11 @@ def test_auto_precision_follows_the_devices_capabilities(monkeypatch, has_cuda, 
     assert device.device_precision("fp16") == "fp16"  # a stated precision is kept
 
 
-def test_the_expected_attention_kernel_on_cpu():
-    assert device.expected_attention(torch.device("cpu"), "no", 12, 64, 1024) == "flash (the CPU kernel)"
+def test_the_expected_attention_kernel_on_cpu_is_the_one_that_runs():
+    q = torch.randn(1, 2, 64, 16)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiled:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    ran = {sdpa_backend(event.key) for event in profiled.key_averages()} - {None}
+    assert ran == {"flash"}  # the profiler's word, not the function's
+    expected = device.expected_attention(torch.device("cpu"), "no", n_head=2, head_dim=16, block_size=64)
+    assert expected.split()[0] in ran

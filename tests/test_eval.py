@@ -1,7 +1,7 @@
 """eval/__init__.py: `evaluating`, the mode every evaluation runs its model in."""
 
 import torch
-from conftest import tiny_config
+from support.tiny import tiny_config
 
 from eval import evaluating
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config, tiny_run_args
+from support.tiny import tiny_config, tiny_run_args
 
 from formats.packed_data import PackedRows, load_splits
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM

@@ -1,6 +1,6 @@
 """training/exit_codes.py: one table of statuses, and the README's table is that table."""
 
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 import run_pretrain
 from training.arguments import ConfigError

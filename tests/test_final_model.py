@@ -7,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from conftest import losses_in, tiny_run_args
+from support.runs import losses_in
+from support.tiny import tiny_run_args
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 import run_pretrain

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 from benchmarks import gpu_check
 

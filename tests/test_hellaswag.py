@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_jsonl
+from support.corpus import write_jsonl
 
 from eval import hellaswag
 from eval.hellaswag import HellaSwagDataError, evaluate_model, load_examples, predict

@@ -2,7 +2,7 @@
 
 import ast
 
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 # Bottom to top. Two units on one layer never import each other.
 LAYERS = [["configuration"], ["modeling_gpt2_scratch"], ["formats"], ["preparation", "eval"], ["training"],

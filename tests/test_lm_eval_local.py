@@ -1,7 +1,7 @@
 """eval/lm_eval_local.py: lm-eval-harness's HellaSwag scoring on our checkpoints and their stock exports."""
 
 import pytest
-from conftest import write_jsonl
+from support.corpus import write_jsonl
 
 
 def hellaswag_records(examples) -> list[dict]:

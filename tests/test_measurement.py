@@ -2,7 +2,7 @@
 
 
 import torch
-from conftest import tiny_config
+from support.tiny import tiny_config
 
 from configuration import GPT2ScratchConfig
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM

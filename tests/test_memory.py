@@ -7,7 +7,9 @@ import subprocess
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, adamw_config, losses_in, patched_run_pretrain, tiny_config, tiny_run_args
+from support.paths import REPO_ROOT
+from support.runs import log_records, losses_in, patched_run_pretrain
+from support.tiny import adamw_config, tiny_config, tiny_run_args
 
 import run_pretrain
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
@@ -107,7 +109,7 @@ def test_auto_trains_exactly_as_the_micro_batch_it_found_set_by_hand(tiny_data, 
     assert tried == [8, 4] and "micro-batch auto: 4 x 32, accumulation 2 (the largest that fits)" in printed
     assert run_pretrain.main(tiny_run_args(tiny_data, by_hand, micro_batch_size=4, max_steps=4, save_every=2)) == 0
     assert losses_in(auto / "log.jsonl") == losses_in(by_hand / "log.jsonl")
-    setup = [json.loads(line) for line in open(auto / "log.jsonl") if '"setup"' in line][0]
+    (setup,) = log_records(auto, "setup")
     assert (setup["micro_batch_size"], setup["accumulation"], setup["precision"]) == (4, 2, "no")
     # the run's configuration is what the user asked for; the setup record, what was chosen
     assert yaml.safe_load((auto / "run_config.yaml").read_text())["data"]["micro_batch_size"] == "auto"
@@ -168,5 +170,5 @@ def test_two_processes_that_fit_different_micro_batches_agree_on_the_smaller(tin
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "micro-batch auto: 2 x 32, accumulation 2 (the largest that fits)" in done.stdout  # 4 rows a process
-    setup = [json.loads(line) for line in open(out / "log.jsonl") if '"setup"' in line][0]
+    (setup,) = log_records(out, "setup")
     assert (setup["micro_batch_size"], setup["accumulation"], setup["processes"]) == (2, 2, 2)

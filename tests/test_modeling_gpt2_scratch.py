@@ -9,8 +9,9 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, tiny_config
 from safetensors.torch import save_file
+from support.paths import REPO_ROOT
+from support.tiny import tiny_config
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM

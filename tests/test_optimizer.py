@@ -1,7 +1,6 @@
 """training/optimizer.py: Muon + AdamW grouping and steps against torch's own optimizers, schedules, exact resume,
 and the same training over DDP and FSDP2 as in one process."""
 
-import json
 import math
 import os
 import shutil
@@ -13,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import REPO_ROOT, adamw_config, tiny_config, tiny_run_args
 from safetensors.torch import load_file
+from support.paths import REPO_ROOT
+from support.runs import losses_in
+from support.tiny import adamw_config, tiny_config, tiny_run_args
 from transformers import AutoModelForCausalLM
 
 import run_pretrain
@@ -150,7 +151,7 @@ def test_muon_run_resumes_bit_for_bit_and_saves_a_plain_gpt2(tiny_data, tmp_path
     shutil.copytree(straight / "checkpoints" / "step_0000003", resumed / "step_0000003")
     assert run_pretrain.main(tiny_run_args(tiny_data, resumed / "run", resume_from_checkpoint=resumed / "step_0000003",
                                            **common)) == 0
-    losses = {run: [(r["step"], r["loss"]) for r in map(json.loads, open(run / "log.jsonl")) if r["type"] == "train"]
+    losses = {run: losses_in(run)
               for run in (straight, resumed / "run")}
     assert losses[resumed / "run"] == losses[straight][3:]
     a = load_file(straight / "final" / "model.safetensors")
@@ -186,7 +187,7 @@ def test_muon_over_two_ddp_processes_matches_one_process(tiny_data, tmp_path, qk
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"{processes} processes" in done.stdout
-        losses[processes] = [r["loss"] for r in map(json.loads, open(out / "log.jsonl")) if r["type"] == "train"]
+        losses[processes] = [loss for _, loss in losses_in(out)]
     assert len(losses[1]) == 6
     np.testing.assert_allclose(losses[2], losses[1], rtol=1e-3)
 
@@ -197,7 +198,7 @@ FSDP2_WORKER = textwrap.dedent("""
     # torch's Newton-Schulz casts to bfloat16; in float32 the sharded and the whole computation must agree closely.
     torch.Tensor.bfloat16 = torch.Tensor.float
     sys.path[:0] = [".", "tests"]
-    from conftest import tiny_config
+    from support.tiny import tiny_config
     from modeling_gpt2_scratch import GPT2ScratchForCausalLM
     from training.arguments import parse_config
     from training.optimizer import build_optimizer

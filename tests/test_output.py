@@ -3,7 +3,7 @@
 
 import numpy as np
 import pytest
-from conftest import expect_error, prepare_corpus, rows_of
+from support.corpus import expect_error, prepare_corpus, rows_of
 
 from preparation.output import staged
 from prepare_data import main

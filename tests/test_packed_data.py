@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from support.tiny import tiny_config
 
 from formats.packed_data import (
     NotPreparedError,

@@ -1,6 +1,6 @@
 """eval/plot.py: a run's log drawn as curves."""
 
-from conftest import write_jsonl
+from support.corpus import write_jsonl
 
 from eval import plot
 

@@ -4,7 +4,8 @@ import json
 
 import datasets
 import numpy as np
-from conftest import BLOCK, DOCUMENTS, EOT, expect_error, prepare_corpus, rows_of, split_on
+from support.corpus import DOCUMENTS, EOT, expect_error, prepare_corpus, rows_of, split_on
+from support.tiny import TINY_BLOCK
 
 
 def test_exact_token_stream_packing_and_metadata(corpus, tmp_path, ranks_file, reference):
@@ -14,11 +15,11 @@ def test_exact_token_stream_packing_and_metadata(corpus, tmp_path, ranks_file, r
     seen_documents = []
     for split in ("train", "validation"):
         rows = rows_of(out, split)
-        assert rows.dtype == np.uint16 and rows.shape[1] == BLOCK + 1
+        assert rows.dtype == np.uint16 and rows.shape[1] == TINY_BLOCK + 1
         assert (rows[1:, 0] == rows[:-1, -1]).all()  # neighbours share one boundary token
         stream = np.concatenate([rows[0]] + [row[1:] for row in rows[1:]]).tolist()
-        # every position after the first is a target exactly once: rows * BLOCK targets, no overlap
-        assert len(stream) - 1 == len(rows) * BLOCK
+        # every position after the first is a target exactly once: rows * TINY_BLOCK targets, no overlap
+        assert len(stream) - 1 == len(rows) * TINY_BLOCK
         segments = [[EOT] + s for s in split_on(stream, EOT)]
         complete = segments[:-1]  # the last one may be cut short by the end of the stream
         documents = [text for text, ids in encoded.items() if ids in complete]
@@ -26,13 +27,13 @@ def test_exact_token_stream_packing_and_metadata(corpus, tmp_path, ranks_file, r
         seen_documents.append(set(documents))
         stats = metadata["splits"][split]
         assert stats["rows"] == len(rows)
-        assert stats["dropped_tokens"] == stats["tokens"] - len(rows) * BLOCK
+        assert stats["dropped_tokens"] == stats["tokens"] - len(rows) * TINY_BLOCK
     assert not seen_documents[0] & seen_documents[1]  # no document in both splits
     total_tokens = sum(len(ids) for ids in encoded.values())
     assert metadata["splits"]["train"]["tokens"] + metadata["splits"]["validation"]["tokens"] == total_tokens
     assert metadata["splits"]["train"]["documents"] + metadata["splits"]["validation"]["documents"] == 8
     assert metadata["splits"]["validation"]["tokens"] >= 60
-    assert metadata["dtype"] == "uint16" and metadata["block_size"] == BLOCK
+    assert metadata["dtype"] == "uint16" and metadata["block_size"] == TINY_BLOCK
     assert metadata["tokenizer"]["eot_id"] == EOT and metadata["tokenizer"]["vocab_size"] == 50257
     assert json.loads((out / "prepare_metadata.json").read_text())["splits"] == metadata["splits"]
     saved = datasets.load_from_disk(str(out))
@@ -57,7 +58,7 @@ def test_exact_token_stream_packing_and_metadata(corpus, tmp_path, ranks_file, r
 
 
 def test_bad_inputs_give_one_line_errors(corpus, tmp_path, ranks_file, reference, capsys):
-    common = ["--tokenizer", ranks_file, "--num_proc", "1", "--block_size", str(BLOCK)]
+    common = ["--tokenizer", ranks_file, "--num_proc", "1", "--block_size", str(TINY_BLOCK)]
     expect_error(capsys, ["--output_dir", str(tmp_path / "a"), "--dataset", "text", "--data_files",
                           str(tmp_path / "nothing" / "*.txt"), *common], "no file matches")
     (tmp_path / "records.jsonl").write_text('{"content": "a"}\n{"content": "b"}\n')

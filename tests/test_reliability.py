@@ -18,16 +18,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import (
-    REPO_ROOT,
-    logged_train_steps,
-    patched_run_pretrain,
-    prepare_tiny_data,
-    sigkill_during,
-    tiny_config,
-    tiny_run_args,
-)
 from safetensors.torch import load_file
+from support.paths import REPO_ROOT
+from support.runs import log_records, logged_train_steps, losses_in, patched_run_pretrain, sigkill_during
+from support.tiny import prepare_tiny_data, tiny_config, tiny_run_args
 
 import run_pretrain
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
@@ -35,10 +29,6 @@ from training.accelerator import CPU_LAUNCH_ENV, launch_command
 from training.arguments import parse_config
 from training.checkpoints import checkpoint_problem, resolve_resume
 from training.exit_codes import ExitCode
-
-
-def records(out, kind):
-    return [r for r in map(json.loads, open(out / "log.jsonl")) if r["type"] == kind]
 
 
 def checkpoints(out):
@@ -59,19 +49,19 @@ def test_sigterm_finishes_the_step_saves_and_exits_75_then_resumes(tiny_data, tm
     process = subprocess.Popen([sys.executable, "run_pretrain.py", *args], cwd=REPO_ROOT, stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
-    while not ((out / "log.jsonl").exists() and records(out, "train")) and time.time() < deadline:
+    while not log_records(out / "log.jsonl", "train") and time.time() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == ExitCode.PREEMPTED, stderr[-2000:]
     (saved,) = checkpoints(out)
     step = int(saved.split("_")[1])
-    assert records(out, "train")[-1]["step"] == step  # the step in flight was finished, then saved
+    assert log_records(out, "train")[-1]["step"] == step  # the step in flight was finished, then saved
     resumed = run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=step + 2, save_every=0, eval_every=0,
                                               resume_from_checkpoint="latest"))
     assert resumed == 0
-    assert records(out, "resume")[-1]["step"] == step
-    assert records(out, "train")[-1]["step"] == step + 2
+    assert log_records(out, "resume")[-1]["step"] == step
+    assert log_records(out, "train")[-1]["step"] == step + 2
 
 
 def test_unfinished_and_damaged_checkpoints_are_never_resumed(tiny_data, tmp_path, capsys):
@@ -97,7 +87,7 @@ def test_unfinished_and_damaged_checkpoints_are_never_resumed(tiny_data, tmp_pat
     assert run_pretrain.main(explicit) == 2
     assert f"cannot resume: {newest} is corrupted" in capsys.readouterr().err
     assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=8, resume_from_checkpoint="latest")) == 0
-    assert records(out, "resume")[-1]["step"] == 2
+    assert log_records(out, "resume")[-1]["step"] == 2
 
 
 def test_keep_last_keeps_the_newest_good_checkpoint(tiny_data, tmp_path):
@@ -148,11 +138,11 @@ def test_nonfinite_step_is_skipped_and_logged(tiny_data, tmp_path, monkeypatch):
     poison_gradients_at(monkeypatch, {3})
     out = tmp_path / "run"
     assert run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=6, on_nonfinite="skip")) == 0
-    (event,) = records(out, "nonfinite")
+    (event,) = log_records(out, "nonfinite")
     assert event["step"] == 3 and event["action"] == "skip"
     weights = load_file(out / "checkpoints" / "step_0000006" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
-    assert all(r["loss"] == r["loss"] for r in records(out, "train"))  # NaN is the one value unequal to itself
+    assert all(r["loss"] == r["loss"] for r in log_records(out, "train"))  # NaN is the one value unequal to itself
 
 
 def test_nonfinite_step_stops_the_run_without_saving_over_good_state(tiny_data, tmp_path, monkeypatch):
@@ -161,7 +151,7 @@ def test_nonfinite_step_stops_the_run_without_saving_over_good_state(tiny_data, 
     status = run_pretrain.main(tiny_run_args(tiny_data, out, max_steps=8, save_every=2, on_nonfinite="stop"))
     assert status == ExitCode.NONFINITE
     assert checkpoints(out) == ["step_0000002", "step_0000004"]
-    assert records(out, "nonfinite")[0]["step"] == 5
+    assert log_records(out, "nonfinite")[0]["step"] == 5
     assert not (out / "final").exists()
 
 
@@ -182,9 +172,9 @@ def test_too_little_disk_for_one_checkpoint_is_refused(tiny_data, tmp_path, monk
 def resumes_bit_for_bit(straight: Path, killed: Path, last_step: int) -> int:
     """After a resume, the steps the kill lost repeat the uninterrupted run's losses exactly and the last
     checkpoint's weights are bitwise equal; returns the step the run resumed from."""
-    resumed_from = next(r["step"] for r in records(killed, "resume"))
+    resumed_from = next(r["step"] for r in log_records(killed, "resume"))
     redone = last_step - resumed_from
-    train = {name: [(r["step"], r["loss"]) for r in map(json.loads, open(run / "log.jsonl")) if r["type"] == "train"]
+    train = {name: losses_in(run)
              for name, run in (("straight", straight), ("killed", killed))}
     assert train["killed"][-redone:] == train["straight"][-redone:]
     last = f"step_{last_step:07d}"
@@ -442,9 +432,9 @@ def test_data_prepared_again_resumes_and_other_data_is_named(tiny_data, tmp_path
     resumed = tmp_path / "resumed"
     assert run_pretrain.main(tiny_run_args(again, resumed, max_steps=4, save_every=2,
                                            resume_from_checkpoint=checkpoint)) == 0
-    assert records(resumed, "resume")[0]["step"] == 2
-    assert [(r["step"], r["loss"]) for r in records(resumed, "train")] == [
-        (r["step"], r["loss"]) for r in records(out, "train")[2:]]  # the same rows, the same losses
+    assert log_records(resumed, "resume")[0]["step"] == 2
+    assert [(r["step"], r["loss"]) for r in log_records(resumed, "train")] == [
+        (r["step"], r["loss"]) for r in log_records(out, "train")[2:]]  # the same rows, the same losses
     assert run_pretrain.main(tiny_run_args(other, tmp_path / "refused", max_steps=4,
                                            resume_from_checkpoint=checkpoint)) == 2
     err = capsys.readouterr().err
@@ -496,11 +486,11 @@ def test_fp16_overflow_steps_are_skipped_logged_and_the_scaler_resumes(tiny_data
 
     straight = run(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-2000:]  # overflows are not a non-finite stop
-    overflows = records(tmp_path / "straight", "overflow")
+    overflows = log_records(tmp_path / "straight", "overflow")
     scales = [r["scale"] for r in overflows]
     assert len(overflows) >= 2 and scales == [2.0**126 / 2**i for i in range(len(scales))]  # halved each time
-    assert not records(tmp_path / "straight", "nonfinite")
-    trained = [r["step"] for r in records(tmp_path / "straight", "train")]
+    assert not log_records(tmp_path / "straight", "nonfinite")
+    trained = [r["step"] for r in log_records(tmp_path / "straight", "train")]
     assert trained == [1, 2, 3, 4, 5, 6]  # the schedule and the data went on through the skipped steps
     assert (tmp_path / "straight" / "checkpoints" / "step_0000003" / "scaler.pt").exists()
     resumed_dir = tmp_path / "resumed"
@@ -509,6 +499,6 @@ def test_fp16_overflow_steps_are_skipped_logged_and_the_scaler_resumes(tiny_data
     resumed = run(resumed_dir / "run", resume_from_checkpoint=resumed_dir / "step_0000003")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     later = [(r["step"], r["scale"]) for r in overflows if r["step"] > 3]
-    assert [(r["step"], r["scale"]) for r in records(resumed_dir / "run", "overflow")] == later  # the scale resumed
-    straight_losses = [(r["step"], r["loss"]) for r in records(tmp_path / "straight", "train")]
-    assert [(r["step"], r["loss"]) for r in records(resumed_dir / "run", "train")] == straight_losses[3:]
+    assert [(r["step"], r["scale"]) for r in log_records(resumed_dir / "run", "overflow")] == later  # the scale resumed
+    straight_losses = [(r["step"], r["loss"]) for r in log_records(tmp_path / "straight", "train")]
+    assert [(r["step"], r["loss"]) for r in log_records(resumed_dir / "run", "train")] == straight_losses[3:]

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import write_jsonl
+from support.corpus import write_jsonl
 
 from formats.run_log import LOG_FILE, RunLog, read_log
 

@@ -1,14 +1,15 @@
 """run_pretrain.py: the recipe end to end: early errors, the whole job, compile, the quick start, DDP."""
 
-import json
 import os
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, losses_in, run_script, tiny_run_args
 from safetensors.torch import load_file
+from support.paths import REPO_ROOT
+from support.runs import log_records, losses_in, run_script
+from support.tiny import tiny_run_args
 
 import run_pretrain
 from eval.val_loss import DEFAULT_EVAL_TOKENS
@@ -41,7 +42,7 @@ def test_end_to_end_job_and_refusal_to_mix_runs(tiny_data, tmp_path, capsys):
     assert [step for step, _ in evals] == [6, 12] and evals[1][1] < evals[0][1]
     train = losses_in(out / "log.jsonl")
     assert len(train) == 12 and train[-1][1] < train[0][1]
-    samples = [json.loads(line) for line in open(out / "log.jsonl") if '"samples"' in line]
+    samples = log_records(out, "samples")
     assert len(samples[0]["samples"]) == 2
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
@@ -155,23 +156,23 @@ def test_0_runs_a_job_only_after_the_last_step_and_minus_1_never(tiny_data, tmp_
     jobs = ("log_every", "eval_every", "sample_every", "save_every")
     assert run_pretrain.main(tiny_run_args(tiny_data, at_end, max_steps=4, num_samples=1, sample_tokens=4,
                                            **dict.fromkeys(jobs, 0))) == 0
-    logged = [(r["type"], r["step"]) for r in map(json.loads, open(at_end / "log.jsonl"))]
+    logged = [(r["type"], r["step"]) for r in log_records(at_end)]
     assert logged == [("setup", 0), ("train", 4), ("eval", 4), ("samples", 4)]
     assert [p.name for p in (at_end / "checkpoints").iterdir()] == ["step_0000004"]
     # (eval_tokens at its default: a validation budget with no validation would be refused as inert)
     assert run_pretrain.main(tiny_run_args(tiny_data, never, max_steps=4, eval_tokens=DEFAULT_EVAL_TOKENS,
                                            **dict.fromkeys(jobs, -1))) == 0
-    assert [r["type"] for r in map(json.loads, open(never / "log.jsonl"))] == ["setup"]  # what the device got
+    assert [r["type"] for r in log_records(never)] == ["setup"]  # what the device got
     assert not (never / "checkpoints").exists() and (never / "final" / "model.safetensors").exists()
 
 
 def test_every_parameter_groups_learning_rate_is_logged(tiny_data, tmp_path):
     assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "adamw", max_steps=3)) == 0
-    adamw = [r for r in map(json.loads, open(tmp_path / "adamw" / "log.jsonl")) if r["type"] == "train"]
+    adamw = log_records(tmp_path / "adamw", "train")
     assert all(r["lr_matrices"] == r["lr_vectors"] == r["lr"] for r in adamw)
     assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "muon", max_steps=3, optimizer="muon",
                                            muon_learning_rate=1e-2, embedding_learning_rate=2e-3)) == 0
-    muon = [r for r in map(json.loads, open(tmp_path / "muon" / "log.jsonl")) if r["type"] == "train"]
+    muon = log_records(tmp_path / "muon", "train")
     for record in muon:  # one schedule scales every group's own peak (tiny_run_args: learning_rate 3e-3)
         factor = record["lr_vectors"] / 3e-3
         assert record["lr_hidden_matrices"] == pytest.approx(1e-2 * factor)

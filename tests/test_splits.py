@@ -3,7 +3,7 @@
 
 
 import numpy as np
-from conftest import DOCUMENTS, prepare_corpus, rows_of
+from support.corpus import DOCUMENTS, prepare_corpus, rows_of
 
 from preparation.splits import choose_validation_documents, split_statistics, validation_budget
 

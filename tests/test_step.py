@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import adamw_config, tiny_config
+from support.tiny import adamw_config, tiny_config
 
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.optimizer import build_optimizer

@@ -2,7 +2,8 @@
 
 
 import numpy as np
-from conftest import BLOCK, DOCUMENTS, EOT, prepare_corpus, rows_of, split_on
+from support.corpus import DOCUMENTS, EOT, prepare_corpus, rows_of, split_on
+from support.tiny import TINY_BLOCK
 
 
 def test_streaming_mode_packs_the_stream_exactly(corpus, tmp_path, ranks_file, reference):
@@ -22,5 +23,6 @@ def test_streaming_mode_packs_the_stream_exactly(corpus, tmp_path, ranks_file, r
         assert all(ids in encoded.values() for ids in complete)
         seen.append({tuple(ids) for ids in complete})
         stats = one["splits"][split]
-        assert stats["dropped_tokens"] == stats["tokens"] - len(rows) * BLOCK <= BLOCK  # only the stream's tail
+        # only the stream's tail is dropped
+        assert stats["dropped_tokens"] == stats["tokens"] - len(rows) * TINY_BLOCK <= TINY_BLOCK
     assert not seen[0] & seen[1]

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 HANGING_TESTS = '''
 import threading

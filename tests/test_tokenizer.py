@@ -1,7 +1,7 @@
 """preparation/tokenizer.py: GPT-2's .tiktoken ranks as a Hugging Face tokenizer, and both encoders against tiktoken."""
 
 
-from conftest import DOCUMENTS, EOT, prepare_corpus
+from support.corpus import DOCUMENTS, EOT, prepare_corpus
 from tiktoken.load import load_tiktoken_bpe
 
 from preparation.tokenizer import DocumentTokenizer, gpt2_mergeable_ranks

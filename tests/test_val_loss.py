@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from support.tiny import tiny_config
 
 from eval import val_loss
 from formats.packed_data import PackedRows, load_splits
