@@ -66,6 +66,47 @@ def loop_setting(arguments: type, name: str) -> dict:
     return {"default": setting.default, "choices": setting.metadata.get("choices")}
 
 
+def loop_default(arguments: type, name: str):
+    return loop_setting(arguments, name)["default"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ThroughputSettings:
+    """What one measurement runs: the model's size and batch shape, the loop's settings, how long to time."""
+
+    size: str = "124m"
+    micro_batch: int = 64
+    seq_len: int = 1024
+    accumulation: int = 1
+    vocab: int = 50257
+    mixed_precision: str = "bf16"
+    compile: bool = True
+    compile_mode: str = loop_default(AcceleratorArguments, "compile_mode")
+    ddp_bucket_cap_mb: int = loop_default(AcceleratorArguments, "ddp_bucket_cap_mb")
+    ddp_comm_hook: str = loop_default(AcceleratorArguments, "ddp_comm_hook")
+    optimizer: str = loop_default(OptimizationArguments, "optimizer")
+    muon_qkv: str = loop_default(OptimizationArguments, "muon_qkv")
+    warmup: int = 5
+    steps: int = 20
+    models: tuple = ("ours", "stock")
+    profile_steps: int = 3  # steps under the profiler (0: none)
+    top: int = 15  # kernels or operators listed from the profile
+    trace_dir: Path | None = None  # each model's Chrome trace
+    output: Path | None = None  # the report as JSON
+
+    def run_config(self):
+        """The training loop's configuration for these settings."""
+        return parse_config([f"--mixed_precision={self.mixed_precision}", f"--compile={self.compile}",
+                             f"--compile_mode={self.compile_mode}", f"--ddp_bucket_cap_mb={self.ddp_bucket_cap_mb}",
+                             f"--ddp_comm_hook={self.ddp_comm_hook}", f"--optimizer={self.optimizer}",
+                             *([f"--muon_qkv={self.muon_qkv}"] if self.optimizer == "muon" else []),
+                             "--max_grad_norm=1.0", "--tf32=true", "--report_to=none"])
+
+
+# The CPU smoke run's settings (--tiny): a tiny model, float32, no compile.
+TINY = dict(size="tiny", micro_batch=8, seq_len=128, mixed_precision="no", vocab=2048, warmup=2, compile=False)
+
+
 # Operators that copy a device value to the host; on a GPU each one waits for all queued work.
 HOST_READ_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
                  torch.ops.aten.nonzero.default, torch.ops.aten.equal.default}
@@ -154,7 +195,8 @@ def profile_steps(run_step, steps: int, device: torch.device, top: int, trace_pa
     }
 
 
-def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
+def benchmark(kind: str, args: ThroughputSettings, accelerator: Accelerator, run_config, peak: float | None,
+              matmul: float | None) -> dict:
     device = accelerator.device
     # A fresh compiler state: a shape seen earlier in this process would otherwise be recompiled as dynamic.
     torch._dynamo.reset()
@@ -195,8 +237,8 @@ def benchmark(kind: str, args, accelerator: Accelerator, run_config) -> dict:
     # Model FLOPs of each model's own matrices and unpadded head (ours pads 50,257 to 50,304): like with like.
     model_flops = flops_per_token(accelerator.unwrap_model(model), args.seq_len) * tokens / step_time
     n = accelerator.num_processes
-    result["mfu_vs_datasheet"] = model_flops / (args.peak * n) if args.peak else None
-    result["mfu_vs_measured_matmul"] = model_flops / (args.matmul * n) if args.matmul else None
+    result["mfu_vs_datasheet"] = model_flops / (peak * n) if peak else None
+    result["mfu_vs_measured_matmul"] = model_flops / (matmul * n) if matmul else None
     if not args.compile:  # a dispatch mode sees eager operators only
         with HostReads() as reads:
             train_step(model, batches, args.accumulation, run_config, accelerator)
@@ -233,15 +275,16 @@ def print_report(report: dict):
         print(f"ratio ours / stock: {report['ratio_ours_over_stock']:.2f}")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> ThroughputSettings:
+    defaults = ThroughputSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU-sized: tiny model, float32, no compile.")
-    parser.add_argument("--size", choices=sorted(SIZES), default="124m")
-    parser.add_argument("--micro_batch", type=int, default=64)
-    parser.add_argument("--seq_len", type=int, default=1024)
-    parser.add_argument("--accumulation", type=int, default=1)
-    parser.add_argument("--vocab", type=int, default=50257)
-    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--size", choices=sorted(SIZES), default=defaults.size)
+    parser.add_argument("--micro_batch", type=int, default=defaults.micro_batch)
+    parser.add_argument("--seq_len", type=int, default=defaults.seq_len)
+    parser.add_argument("--accumulation", type=int, default=defaults.accumulation)
+    parser.add_argument("--vocab", type=int, default=defaults.vocab)
+    parser.add_argument("--mixed_precision", default=defaults.mixed_precision, choices=["no", "bf16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile both models (default: on, except with --tiny).")
     parser.add_argument("--compile_mode", **loop_setting(AcceleratorArguments, "compile_mode"))
@@ -253,39 +296,38 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="The loop's optimizer: muon adds its Newton-Schulz matmuls to the step.")
     parser.add_argument("--muon_qkv", **loop_setting(OptimizationArguments, "muon_qkv"),
                         help="With muon: orthogonalize c_attn whole or as query, key and value apart.")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--models", default="ours,stock")
-    parser.add_argument("--profile_steps", type=int, default=3, help="Steps under the profiler (0: none).")
-    parser.add_argument("--top", type=int, default=15, help="Kernels or operators listed from the profile.")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--models", default=",".join(defaults.models))
+    parser.add_argument("--profile_steps", type=int, default=defaults.profile_steps,
+                        help="Steps under the profiler (0: none).")
+    parser.add_argument("--top", type=int, default=defaults.top, help="Kernels or operators listed from the profile.")
     parser.add_argument("--trace_dir", type=Path, default=None, help="Write each model's Chrome trace here.")
     parser.add_argument("--output", type=Path, default=None, help="Write the results as JSON here.")
-    args = parser.parse_args(argv)
-    if args.tiny:
-        args.size, args.micro_batch, args.seq_len, args.mixed_precision = "tiny", 8, 128, "no"
-        args.vocab, args.warmup, args.steps = 2048, 2, min(args.steps, 10)
-    if args.compile is None:
-        args.compile = not args.tiny
-    return args
+    args = vars(parser.parse_args(argv))
+    tiny = args.pop("tiny")
+    args["models"] = tuple(args["models"].split(","))
+    if tiny:
+        args.update(TINY, steps=min(args["steps"], 10))
+    if args["compile"] is None:
+        args["compile"] = not tiny
+    return ThroughputSettings(**args)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    run_config = parse_config([f"--mixed_precision={args.mixed_precision}", f"--compile={args.compile}",
-                               f"--compile_mode={args.compile_mode}", f"--ddp_bucket_cap_mb={args.ddp_bucket_cap_mb}",
-                               f"--ddp_comm_hook={args.ddp_comm_hook}", f"--optimizer={args.optimizer}",
-                               *([f"--muon_qkv={args.muon_qkv}"] if args.optimizer == "muon" else []),
-                               "--max_grad_norm=1.0", "--tf32=true", "--report_to=none"])
+def measure(settings: ThroughputSettings) -> dict:
+    """Each of `settings.models` through the loop's step on this device: the report (printed, and written to
+    `settings.output` when given)."""
+    run_config = settings.run_config()
     accelerator = build_accelerator(run_config)
     device = accelerator.device
-    args.peak = device_peak_flops(device)
-    args.matmul = measured_matmul_flops(device, torch.bfloat16) if device.type == "cuda" else None
-    if args.trace_dir:
-        args.trace_dir.mkdir(parents=True, exist_ok=True)
+    peak = device_peak_flops(device)
+    matmul = measured_matmul_flops(device, torch.bfloat16) if device.type == "cuda" else None
+    if settings.trace_dir:
+        settings.trace_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for kind in args.models.split(","):
+    for kind in settings.models:
         try:
-            results.append(benchmark(kind, args, accelerator, run_config))
+            results.append(benchmark(kind, settings, accelerator, run_config, peak, matmul))
         except torch.OutOfMemoryError as error:  # a result in itself; the other model is still measured
             results.append({"model": kind, "error": str(error).splitlines()[0]})
         accelerator.free_memory()  # drops its references to the prepared model, so the next starts empty
@@ -295,19 +337,22 @@ def main(argv=None):
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "accelerate": __import__("accelerate").__version__,
         "cuda_driver": cuda_driver() if device.type == "cuda" else None,
-        "setting": {k: getattr(args, k) for k in (
-            "size", "micro_batch", "seq_len", "accumulation", "mixed_precision", "compile", "compile_mode",
-            "ddp_bucket_cap_mb", "ddp_comm_hook", "optimizer", "muon_qkv", "warmup", "steps", "vocab")},
-        "datasheet_bf16_flops": args.peak, "measured_matmul_flops": args.matmul, "results": results,
+        "setting": {k: v for k, v in dataclasses.asdict(settings).items()
+                    if k not in ("models", "profile_steps", "top", "trace_dir", "output")},
+        "datasheet_bf16_flops": peak, "measured_matmul_flops": matmul, "results": results,
     }
     speed = {r["model"]: r["tokens_per_second"] for r in results if "error" not in r}
     if {"ours", "stock"} <= speed.keys():
         report["ratio_ours_over_stock"] = speed["ours"] / speed["stock"]
     if accelerator.is_main_process:
         print_report(report)
-        if args.output:
-            args.output.write_text(json.dumps(report, indent=2) + "\n")
+        if settings.output:
+            settings.output.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def main(argv=None) -> dict:
+    return measure(parse_args(argv))
 
 
 def cuda_driver() -> str | None:

@@ -9,6 +9,8 @@ import pytest
 from support.paths import REPO_ROOT
 
 from benchmarks import gpu_check
+from benchmarks.preflight import plans, runner
+from eval.parity import FP32_RTOL
 
 
 def finite_numbers(value):
@@ -28,7 +30,7 @@ def test_smoke_run_passes_every_stage_and_leaves_its_json(shared_data, tmp_path)
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--data", str(shared_data),
                            "--output", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    records = {stage: json.loads((tmp_path / f"{stage}.json").read_text()) for stage in gpu_check.STAGES}
+    records = {stage: json.loads((tmp_path / f"{stage}.json").read_text()) for stage in plans.STAGES}
     for stage, record in records.items():
         assert record["stage"] == stage and record["ok"] is True and "partial" not in record, record.get("error")
         assert record["figures"] and record["seconds"] > 0
@@ -37,7 +39,7 @@ def test_smoke_run_passes_every_stage_and_leaves_its_json(shared_data, tmp_path)
     correctness = records["correctness"]
     assert correctness["passed"] and len(correctness["checks"]) == 6 and all(correctness["checks"].values())
     assert correctness["attention"]["backend"] == ["flash"]  # CPU SDPA's fused kernel, as on the GPU
-    assert correctness["fp32_gap"]["logits_rms"] < gpu_check.FP32_RTOL
+    assert correctness["fp32_gap"]["logits_rms"] < FP32_RTOL
     # bf16 really rounded: an error of zero would mean autocast never ran
     assert correctness["bf16_own_error"]["logits_rms"]["ours"] > 1e-4
     assert records["environment"]["sdpa_kernels_that_run"]["math"] is True
@@ -47,11 +49,12 @@ def test_smoke_run_passes_every_stage_and_leaves_its_json(shared_data, tmp_path)
     assert throughput["results"]["ours"]["host_reads_in_train_step"] == 0
     muon = records["muon"]
     assert muon["muon"]["model"] == "ours" and muon["adamw_from"] == "stage 3 (throughput)"
-    assert muon["muon_over_adamw_tokens_per_second"] == pytest.approx(
-        muon["muon"]["tokens_per_second"] / throughput["results"]["ours"]["tokens_per_second"])
+    assert muon["adamw"] == throughput["results"]["ours"]  # stage 3's measurement, read from its file
+    assert 0 < muon["muon_over_adamw_tokens_per_second"] < 2
     hellaswag = records["hellaswag"]["by_batch_size"]["4"]
     assert hellaswag["examples"] == 8 and 0 <= hellaswag["acc_norm"] <= 1
-    assert hellaswag["extrapolated_seconds_for_validation"] == pytest.approx(10_042 / hellaswag["examples_per_second"])
+    # timed inside the stage, whose own clock (the runner's) ran longer; 10,042 examples take longer than 8
+    assert hellaswag["seconds"] < records["hellaswag"]["seconds"] < hellaswag["extrapolated_seconds_for_validation"]
     recipe = records["recipe"]
     assert recipe["exit_code"] == 0 and recipe["missing_outputs"] == []
     assert recipe["logged"]["train"] == 4 and recipe["logged"]["eval"] == 2 and recipe["logged"]["hellaswag"] == 1
@@ -61,33 +64,33 @@ def test_smoke_run_passes_every_stage_and_leaves_its_json(shared_data, tmp_path)
     assert (recipe["auto_setup"]["micro_batch_size"], recipe["auto_setup"]["accumulation"]) == (8, 1)
 
     summary = (tmp_path / "summary.md").read_text()
-    assert all(f"| {stage} | ok |" in summary for stage in gpu_check.STAGES)
+    assert all(f"| {stage} | ok |" in summary for stage in plans.STAGES)
     assert "| correctness checks | 6 of 6 passed |" in summary
-    assert json.loads((tmp_path / "summary.json").read_text())["stages_ok"] == dict.fromkeys(gpu_check.STAGES, True)
+    assert json.loads((tmp_path / "summary.json").read_text())["stages_ok"] == dict.fromkeys(plans.STAGES, True)
     assert len(list(tmp_path.iterdir())) == 8  # the stages' JSON and the summary: nothing else to bring back
 
 
 def test_a_failing_stage_is_recorded_with_its_output(tmp_path):
     command = [sys.executable, "-c", "print('loading'); raise SystemExit(3)"]
-    record = gpu_check.run_child("muon", command, timeout=60, output=tmp_path)
+    record = runner.run_child("muon", command, timeout=60, output=tmp_path)
     assert record["ok"] is False and record["error"] == "exited with 3 before the end"
     assert record["output_tail"] == ["loading"]
     assert json.loads((tmp_path / "muon.json").read_text())["error"] == record["error"]
 
 
 def test_a_stage_past_its_time_is_killed_and_keeps_what_it_measured(tmp_path):
-    stage = gpu_check.Stage("throughput", gpu_check.smoke_plan(), tmp_path, tmp_path)
-    script = ("import time, sys; from pathlib import Path; from benchmarks import gpu_check; "
-              f"gpu_check.Stage('throughput', gpu_check.smoke_plan(), Path({str(tmp_path)!r}), Path('.'))"
+    stage = runner.Stage("throughput", plans.smoke_plan(), tmp_path, tmp_path)
+    script = ("import time, sys; from pathlib import Path; from benchmarks.preflight import plans, runner; "
+              f"runner.Stage('throughput', plans.smoke_plan(), Path({str(tmp_path)!r}), Path('.'))"
               ".keep({'results': {'ours': {'tokens_per_second': 123.0}}}); print('kept', flush=True); time.sleep(60)")
-    record = gpu_check.run_child(stage.name, [sys.executable, "-c", script], timeout=8, output=tmp_path)
+    record = runner.run_child(stage.name, [sys.executable, "-c", script], timeout=8, output=tmp_path)
     assert record["ok"] is False and record["error"] == "timed out after 8 s" and record["seconds"] < 30
     assert record["results"] == {"ours": {"tokens_per_second": 123.0}} and record["output_tail"] == ["kept"]
 
 
 def test_stage_budgets_fit_five_minutes_and_each_stage_has_one():
-    plan = gpu_check.gpu_plan()
-    assert set(plan.budgets) == set(gpu_check.STAGES) and plan.total_seconds <= 300
+    plan = plans.gpu_plan()
+    assert set(plan.budgets) == set(plans.STAGES) and plan.total_seconds <= 300
 
 
 def test_missing_data_is_one_line_before_any_stage_runs(tmp_path, capsys):
