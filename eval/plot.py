@@ -11,18 +11,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-
 from formats.run_log import read_log
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 REFERENCE_VAL_LOSS = {"GPT-2 124M (OpenAI) val loss": 3.2924}
 REFERENCE_HELLASWAG = {"GPT-2 124M (OpenAI)": 0.2955, "GPT-3 124M (paper)": 0.337}
 
 
 def plot_run(log_path: Path, output: Path, baselines: dict[str, float], references: bool = True) -> Path:
+    import matplotlib  # here, not at the top: every training process imports this module, few of them draw
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     records = read_log(log_path)
     has_hellaswag = bool(records.get("hellaswag"))
     fig, axes = plt.subplots(1, 2 if has_hellaswag else 1, figsize=(13 if has_hellaswag else 7, 4.8), squeeze=False)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,13 +34,6 @@ from training.exit_codes import ExitCode
 
 def checkpoints(out):
     return sorted(p.name for p in (out / "checkpoints").iterdir())
-
-
-def launch_ddp(args, env_extra=None):
-    """Two processes over gloo on CPU, through accelerate launch."""
-    env = {**os.environ, **CPU_LAUNCH_ENV, **(env_extra or {})}
-    return subprocess.run(launch_command("run_pretrain.py", 2, *args), cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_75_then_resumes(tiny_data, tmp_path):
@@ -214,33 +208,6 @@ def ddp_run_args(tiny_data, out, **overrides) -> list[str]:
     return tiny_run_args(tiny_data, out, max_steps=DDP_STEPS, stall_timeout_seconds=20, **overrides)
 
 
-@pytest.fixture(scope="module")
-def straight_ddp_run(tiny_data, tmp_path_factory) -> Path:
-    """An uninterrupted two-process run: what every interrupted and resumed one must repeat exactly."""
-    out = tmp_path_factory.mktemp("straight_ddp") / "run"
-    done = subprocess.run(launch_command("run_pretrain.py", 2, *ddp_run_args(tiny_data, out)), cwd=REPO_ROOT,
-                          env={**os.environ, **CPU_LAUNCH_ENV}, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out
-
-
-@pytest.mark.slow
-def test_ddp_run_killed_with_sigkill_resumes_bit_for_bit(tiny_data, tmp_path, straight_ddp_run):
-    """Two gloo processes; one is SIGKILLed from outside once step 8 is logged (the launcher then stops the
-    other); resumed, the lost steps repeat the uninterrupted run exactly."""
-    env = {**os.environ, **CPU_LAUNCH_ENV}
-
-    def command(out, **overrides):
-        return launch_command("run_pretrain.py", 2, *ddp_run_args(tiny_data, out, **overrides))
-
-    assert sigkill_during(command(tmp_path / "killed"), tmp_path / "killed" / "log.jsonl", 8, env) != 0
-    assert max(logged_train_steps(tmp_path / "killed" / "log.jsonl")) < DDP_STEPS
-    resumed = subprocess.run(command(tmp_path / "killed", resume_from_checkpoint="latest"), cwd=REPO_ROOT, env=env,
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumes_bit_for_bit(straight_ddp_run, tmp_path / "killed", DDP_STEPS) <= 12
-
-
 RANK_ONE_STOPS_AT_STEP_7 = """
 import signal
 
@@ -322,55 +289,101 @@ def newest_checkpoint_loads(out: Path) -> str:
     return newest
 
 
+@dataclass
+class StalledRun:
+    out: Path
+    waited: float  # seconds from rank 1's stop to rank 0's end
+    rank0_status: int | None  # None under accelerate launch: torchrun reports it
+    stderr: str  # rank 0's (per rank), or the launcher's, with every rank's
+
+
+@dataclass
+class DDPRuns:
+    straight: Path  # uninterrupted: what every interrupted and resumed run must repeat exactly
+    stalled: dict[str, StalledRun]  # by launch style: per_rank, accelerate
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tiny_data, tmp_path_factory) -> DDPRuns:
+    """Two gloo processes, three times at once so that the suite waits out one stall, not three runs:
+    - straight, through accelerate launch;
+    - rank 1 stopping itself (SIGSTOP) as step 7 begins, after the step-6 checkpoint, with
+      --stall_timeout_seconds 20, started per rank (as SLURM's srun starts them) and through accelerate launch.
+    Rank 1 is killed once rank 0 has ended, as srun --kill-on-bad-exit or torchrun do."""
+    import psutil
+
+    root = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, **CPU_LAUNCH_ENV}
+    straight = subprocess.Popen(launch_command("run_pretrain.py", 2, *ddp_run_args(tiny_data, root / "straight")),
+                                cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    script = patched_run_pretrain(root, RANK_ONE_STOPS_AT_STEP_7)
+    per_rank = per_rank_launch(script, ddp_run_args(tiny_data, root / "per_rank"), root / "per_rank_stderr",
+                               STOP_SIGNAL="SIGSTOP")
+    launcher_stderr = tempfile.TemporaryFile("w+")
+    launcher = subprocess.Popen(launch_command(str(script), 2, *ddp_run_args(tiny_data, root / "accelerate")),
+                                cwd=REPO_ROOT, env={**env, "STOP_SIGNAL": "SIGSTOP"}, stdout=subprocess.DEVNULL,
+                                stderr=launcher_stderr, text=True)
+    ranks = {"per_rank": {rank: psutil.Process(p.pid) for rank, p in enumerate(per_rank)},
+             "accelerate": training_processes(launcher)}
+    stopped = {name: wait_until_stopped(processes[1].pid) for name, processes in ranks.items()}
+    statuses, waited = {}, {}
+    for name, processes in ranks.items():
+        statuses[name] = processes[0].wait(timeout=60)  # psutil reaps rank 0 started per rank: its status is here
+        waited[name] = time.time() - stopped[name]
+        processes[1].kill()
+    launcher.wait(timeout=120)
+    _, straight_stderr = straight.communicate(timeout=300)
+    assert straight.returncode == 0, straight_stderr[-2000:]
+    launcher_stderr.seek(0)
+    return DDPRuns(root / "straight", {
+        "per_rank": StalledRun(root / "per_rank", waited["per_rank"], statuses["per_rank"],
+                               (root / "per_rank_stderr" / "rank0.txt").read_text()),
+        "accelerate": StalledRun(root / "accelerate", waited["accelerate"], None, launcher_stderr.read()),
+    })
+
+
+@pytest.fixture(scope="module")
+def straight_ddp_run(ddp_runs) -> Path:
+    return ddp_runs.straight
+
+
+@pytest.fixture(scope="module")
+def stalled_runs(ddp_runs) -> dict[str, StalledRun]:
+    return ddp_runs.stalled
+
+
 @pytest.mark.slow
 def test_a_stalled_rank_ends_its_peer_with_its_stacks_and_76_then_resumes_per_rank(tiny_data, tmp_path,
-                                                                                straight_ddp_run):
-    out = tmp_path / "run"
-    launched = per_rank_launch(patched_run_pretrain(tmp_path, RANK_ONE_STOPS_AT_STEP_7), ddp_run_args(tiny_data, out),
-                               tmp_path / "stderr", STOP_SIGNAL="SIGSTOP")
-    stopped = wait_until_stopped(launched[1].pid)
-    assert launched[0].wait(timeout=60) == ExitCode.STALLED
-    assert 20 <= time.time() - stopped < 60
-    launched[1].kill()  # as srun --kill-on-bad-exit does
-    assert (tmp_path / "stderr" / "rank0.txt").read_text().strip().splitlines()[-1] == stall_line(out)
-    assert "in train_step" in (out / "stall_rank0.txt").read_text()  # the main thread's stack, stuck in the step
-    assert newest_checkpoint_loads(out) == "step_0000006"
-    resumed = per_rank_launch("run_pretrain.py", ddp_run_args(tiny_data, out, resume_from_checkpoint="latest"),
+                                                                                straight_ddp_run, stalled_runs):
+    stalled = stalled_runs["per_rank"]
+    assert stalled.rank0_status == ExitCode.STALLED and 20 <= stalled.waited < 60
+    assert stalled.stderr.strip().splitlines()[-1] == stall_line(stalled.out)
+    assert "in train_step" in (stalled.out / "stall_rank0.txt").read_text()  # the main thread, stuck in the step
+    assert newest_checkpoint_loads(stalled.out) == "step_0000006"
+    resumed = per_rank_launch("run_pretrain.py", ddp_run_args(tiny_data, stalled.out, resume_from_checkpoint="latest"),
                               tmp_path / "resumed")
     assert [p.wait(timeout=300) for p in resumed] == [0, 0], (tmp_path / "resumed" / "rank0.txt").read_text()[-2000:]
-    assert resumes_bit_for_bit(straight_ddp_run, out, DDP_STEPS) == 6
+    assert resumes_bit_for_bit(straight_ddp_run, stalled.out, DDP_STEPS) == 6
 
 
 @pytest.mark.slow
 def test_a_stalled_rank_ends_its_peer_with_its_stacks_and_76_then_resumes_under_accelerate_launch(
-        tiny_data, tmp_path, straight_ddp_run):
-    out = tmp_path / "run"
-    env = {**os.environ, **CPU_LAUNCH_ENV, "STOP_SIGNAL": "SIGSTOP"}
-    script = patched_run_pretrain(tmp_path, RANK_ONE_STOPS_AT_STEP_7)
-    with tempfile.TemporaryFile("w+") as stderr:
-        launcher = subprocess.Popen(launch_command(str(script), 2, *ddp_run_args(tiny_data, out)), cwd=REPO_ROOT,
-                                    env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
-        ranks = training_processes(launcher)
-        stopped = wait_until_stopped(ranks[1].pid)
-        ranks[0].wait(timeout=60)
-        assert 20 <= time.time() - stopped < 60
-        ranks[1].kill()  # what torchrun does too, after its own grace period for the stopped process
-        assert launcher.wait(timeout=120) != 0
-        stderr.seek(0)
-        output = stderr.read()
-    assert stall_line(out) in output.splitlines(), output[-3000:]
-    assert "exitcode  : 76" in output, output[-3000:]  # torchrun's report of rank 0's status
-    assert "in train_step" in (out / "stall_rank0.txt").read_text()
-    assert newest_checkpoint_loads(out) == "step_0000006"
-    resumed = subprocess.run(launch_command("run_pretrain.py", 2, *ddp_run_args(tiny_data, out,
-                                                                                resume_from_checkpoint="latest")),
-                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        tiny_data, straight_ddp_run, stalled_runs):
+    stalled = stalled_runs["accelerate"]
+    assert 20 <= stalled.waited < 60
+    assert stall_line(stalled.out) in stalled.stderr.splitlines(), stalled.stderr[-3000:]
+    assert "exitcode  : 76" in stalled.stderr, stalled.stderr[-3000:]  # torchrun's report of rank 0's status
+    assert "in train_step" in (stalled.out / "stall_rank0.txt").read_text()
+    assert newest_checkpoint_loads(stalled.out) == "step_0000006"
+    resumed = subprocess.run(launch_command("run_pretrain.py", 2, *ddp_run_args(
+        tiny_data, stalled.out, resume_from_checkpoint="latest")), cwd=REPO_ROOT,
+        env={**os.environ, **CPU_LAUNCH_ENV}, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumes_bit_for_bit(straight_ddp_run, out, DDP_STEPS) == 6
+    assert resumes_bit_for_bit(straight_ddp_run, stalled.out, DDP_STEPS) == 6
 
 
 @pytest.mark.slow
-def test_a_lost_rank_ends_its_peer_on_one_line_with_76_per_rank(tiny_data, tmp_path):
+def test_a_lost_rank_ends_its_peer_on_one_line_with_76_then_resumes_per_rank(tiny_data, tmp_path, straight_ddp_run):
     out = tmp_path / "run"
     launched = per_rank_launch(patched_run_pretrain(tmp_path, RANK_ONE_STOPS_AT_STEP_7), ddp_run_args(tiny_data, out),
                                tmp_path / "stderr", STOP_SIGNAL="SIGKILL")
@@ -382,6 +395,11 @@ def test_a_lost_rank_ends_its_peer_on_one_line_with_76_per_rank(tiny_data, tmp_p
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("run_pretrain.py: error: rank 0 lost a peer process at step 7 (training); "
                                             "resume with --resume_from_checkpoint latest")
+    # both ranks relaunched: the lost steps repeat the uninterrupted run exactly
+    resumed = per_rank_launch("run_pretrain.py", ddp_run_args(tiny_data, out, resume_from_checkpoint="latest"),
+                              tmp_path / "resumed")
+    assert [p.wait(timeout=300) for p in resumed] == [0, 0], (tmp_path / "resumed" / "rank0.txt").read_text()[-2000:]
+    assert resumes_bit_for_bit(straight_ddp_run, out, DDP_STEPS) == 6
 
 
 SAVE_HANGS_AT_STEP_4 = """
