@@ -36,7 +36,6 @@ from pathlib import Path
 from benchmarks.preflight.plans import STAGES, gpu_plan, smoke_plan
 from benchmarks.preflight.report import write_summary
 from benchmarks.preflight.runner import run_all, run_stage_here
-from benchmarks.preflight.stages import STAGE_FUNCTIONS
 
 NEEDED = ("gpt2.tiktoken", "cloze_shakespeare_val.jsonl", "shakespeare")
 
@@ -54,7 +53,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     plan = smoke_plan() if args.smoke else gpu_plan()
     data = args.data.resolve()
-    if args.stage:
+    if args.stage:  # a stage's own process: only it imports the stages (torch, transformers, datasets)
+        from benchmarks.preflight.stages import STAGE_FUNCTIONS
+
         return run_stage_here(args.stage, STAGE_FUNCTIONS[args.stage], plan, args.output, data)
     missing = [name for name in NEEDED if not (args.data / name).exists()]
     if missing:
