@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from support.paths import REPO_ROOT
-from support.runs import losses_in
+from support.runs import losses_in, run_together
 from support.tiny import adamw_config, tiny_config, tiny_run_args
 from transformers import AutoModelForCausalLM
 
@@ -177,17 +177,18 @@ def test_muon_over_two_ddp_processes_matches_one_process(tiny_data, tmp_path, qk
     (another summation order) can round one bf16 step (2**-8) apart there, so the losses agree to 1e-3
     relative, not bit for bit (measured: 0 with `whole`, up to 3e-4 with `split`). Gradients that were not
     all-reduced, or updates that missed the model's tensors, move the losses by 1e-2 and more."""
-    env = {**os.environ, **CPU_LAUNCH_ENV}
+    def command(processes):
+        args = tiny_run_args(tiny_data, tmp_path / str(processes), micro_batch_size=4, total_batch_tokens=8 * 32,
+                             max_steps=6, eval_every=6, save_every=0, optimizer="muon", muon_learning_rate=1e-2,
+                             muon_qkv=qkv)
+        return launch_command("run_pretrain.py", processes, *args)
+
     losses = {}
-    for processes in (1, 2):
-        out = tmp_path / str(processes)
-        args = tiny_run_args(tiny_data, out, micro_batch_size=4, total_batch_tokens=8 * 32, max_steps=6, eval_every=6,
-                             save_every=0, optimizer="muon", muon_learning_rate=1e-2, muon_qkv=qkv)
-        done = subprocess.run(launch_command("run_pretrain.py", processes, *args), cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True)
+    runs = run_together([command(1), command(2)], env={**os.environ, **CPU_LAUNCH_ENV})
+    for processes, done in zip((1, 2), runs, strict=True):
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"{processes} processes" in done.stdout
-        losses[processes] = [loss for _, loss in losses_in(out)]
+        losses[processes] = [loss for _, loss in losses_in(tmp_path / str(processes))]
     assert len(losses[1]) == 6
     np.testing.assert_allclose(losses[2], losses[1], rtol=1e-3)
 

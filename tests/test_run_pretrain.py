@@ -1,14 +1,14 @@
 """run_pretrain.py: the recipe end to end: early errors, the whole job, compile, the quick start, DDP."""
 
 import os
-import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from support.paths import REPO_ROOT
-from support.runs import log_records, losses_in, run_script
+from support.runs import log_records, losses_in, run_together
 from support.tiny import tiny_run_args
 
 import run_pretrain
@@ -71,10 +71,13 @@ def test_compiled_run_trains_like_eager_and_saves_plain_weights(tiny_data, tmp_p
     """--compile (inductor through Accelerate, the recipe's setting): same losses, and a final model whose
     tensors are named as the model's own, not `_orig_mod.<name>`."""
     losses, weights = {}, {}
-    for compiled in ("false", "true"):
-        out = tmp_path / f"compile_{compiled}"
-        done = run_script(tiny_run_args(tiny_data, out, max_steps=4, eval_every=4, save_every=0, compile=compiled))
+    commands = {compiled: [sys.executable, "run_pretrain.py", *tiny_run_args(
+        tiny_data, tmp_path / f"compile_{compiled}", max_steps=4, eval_every=4, save_every=0, compile=compiled)]
+        for compiled in ("false", "true")}
+    runs = run_together(list(commands.values()), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for compiled, done in zip(commands, runs, strict=True):
         assert done.returncode == 0, done.stderr[-3000:]
+        out = tmp_path / f"compile_{compiled}"
         losses[compiled] = [loss for _, loss in losses_in(out / "log.jsonl")]
         weights[compiled] = load_file(out / "final" / "model.safetensors")
     assert len(losses["true"]) == 4
@@ -111,13 +114,10 @@ def test_two_ddp_processes_match_one_process_with_double_accumulation(tiny_data,
     """Real DDP over gloo on CPU: 2 processes x 1 micro-step against 1 process x 2 micro-steps."""
     base = tiny_run_args(tiny_data, tmp_path / "one", micro_batch_size=4, total_batch_tokens=8 * 32, max_steps=6,
                          eval_every=6, save_every=0)
-    env = {**os.environ, **CPU_LAUNCH_ENV}
-    one = subprocess.run(launch_command("run_pretrain.py", 1, *base), cwd=REPO_ROOT, env=env, capture_output=True,
-                         text=True)
-    assert one.returncode == 0, one.stderr[-3000:]
     two_args = [a.replace(str(tmp_path / "one"), str(tmp_path / "two")) for a in base]
-    two = subprocess.run(launch_command("run_pretrain.py", 2, *two_args), cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True)
+    one, two = run_together([launch_command("run_pretrain.py", 1, *base),
+                             launch_command("run_pretrain.py", 2, *two_args)], env={**os.environ, **CPU_LAUNCH_ENV})
+    assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stdout and "accumulation 1" in two.stdout, two.stdout[-2000:]
     assert "1 processes" in one.stdout and "accumulation 2" in one.stdout

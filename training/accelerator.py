@@ -58,6 +58,7 @@ CPU_LAUNCH_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 def launch_command(script: str, num_processes: int, *args: str) -> list[str]:
     """`accelerate launch` of `script` on one machine, precision and compilation left to the run's own settings
     (the command line a user types, as argv)."""
+    # Port 0: the rendezvous takes a free port, so two launches on one machine never meet on the same one.
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", *(["--multi_gpu"] if num_processes > 1 else []),
+            "--dynamo_backend", "no", *(["--multi_gpu", "--main_process_port", "0"] if num_processes > 1 else []),
             "--num_processes", str(num_processes), script, *args]

@@ -38,6 +38,24 @@ def run_script(args, env_extra=None) -> subprocess.CompletedProcess:
                           text=True)
 
 
+def run_together(commands: list[list[str]], env: dict, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Independent commands started at once and waited for (each mostly imports on one core: two cores run two),
+    with their output as `subprocess.run` would capture it."""
+    with tempfile.TemporaryDirectory() as folder:
+        started = []
+        for i, command in enumerate(commands):
+            stdout, stderr = open(Path(folder) / f"{i}.out", "w+"), open(Path(folder) / f"{i}.err", "w+")
+            started.append((command, subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=stdout, stderr=stderr,
+                                                      text=True), stdout, stderr))
+        done = []
+        for command, process, stdout, stderr in started:
+            process.wait(timeout=timeout)
+            stdout.seek(0), stderr.seek(0)
+            done.append(subprocess.CompletedProcess(command, process.returncode, stdout.read(), stderr.read()))
+            stdout.close(), stderr.close()
+        return done
+
+
 def sigkill_during(command: list[str], log_path: Path, after_step: int, env: dict) -> int:
     """Start a training command and SIGKILL a training process of it (one of the launcher's workers, or the
     command itself) once its log shows step `after_step`, as a crash or an OOM killer would; returns the
