@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import extract_model_from_parallel
 
 from formats.packed_data import identity_difference
 from training.arguments import ConfigError, RunConfig
@@ -61,16 +62,9 @@ def save_tied_weights_once(models, weights: list[dict], output_dir):
     saved state, as `save_pretrained` leaves out `_tied_weights_keys`, instead of Accelerate dropping it with a
     warning at every checkpoint. Loading re-ties it: safetensors' `load_model` fills shared tensors."""
     for model, state in zip(models, weights, strict=True):
-        tied = getattr(unwrapped(model), "_tied_weights_keys", None) or {}
+        tied = getattr(extract_model_from_parallel(model, keep_torch_compile=False), "_tied_weights_keys", None) or {}
         for key in [k for k in state if any(k == t or k.endswith("." + t) for t in tied)]:
             del state[key]
-
-
-def unwrapped(model):
-    """The module inside DDP (`.module`) and torch.compile (`._orig_mod`)."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
