@@ -1,9 +1,10 @@
 """Configuration of GPT-2 trained from scratch.
 
 The fields and their names are GPT-2's own (`transformers.GPT2Config`), so a stock GPT-2 `config.json`
-reads straight into this class. Two things are added: `pad_vocab_size_multiple`, which rounds the
-embedding table up to a GPU-friendly size (50257 -> 50304), and `loss_chunk_tokens`, how many tokens
-the fused cross-entropy handles at a time.
+reads straight into this class. Two things are added for the fused cross-entropy of training:
+`pad_vocab_size_multiple`, which rounds the head's rows up to a GPU-friendly count for its matmuls
+(50257 -> 50304; the stored table keeps `vocab_size` rows), and `loss_chunk_tokens`, how many tokens
+it handles at a time.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -33,6 +34,11 @@ class GPT2ScratchConfig(PreTrainedConfig):
     attn_pdrop: float | int = 0.0
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
+    # GPT-2's attention switches, as stock implements them: scores divided by sqrt(head_dim); also by the
+    # layer's 1-based index; and (eager attention) scores and softmax in float32 under autocast.
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
     use_cache: bool = True
     bos_token_id: int | None = 50256
     eos_token_id: int | list[int] | None = 50256
@@ -43,7 +49,7 @@ class GPT2ScratchConfig(PreTrainedConfig):
 
     @property
     def padded_vocab_size(self) -> int:
-        """Rows of the embedding table: `vocab_size` rounded up to `pad_vocab_size_multiple`."""
+        """Rows of the head in the fused loss's matmuls: `vocab_size` rounded up to `pad_vocab_size_multiple`."""
         multiple = self.pad_vocab_size_multiple
         return -(-self.vocab_size // multiple) * multiple
 

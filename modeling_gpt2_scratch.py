@@ -3,22 +3,22 @@
 Read top to bottom: the attention, the MLP and the block, then the model, then the language-model
 head with its fused cross-entropy, then the conversions to and from stock `GPT2LMHeadModel`.
 
-What differs from `transformers.GPT2LMHeadModel`, and why:
+Everything a caller reaches through transformers behaves as in `transformers.GPT2LMHeadModel` with the
+same weights: outputs (hidden states, attentions, tuples), `token_type_ids`, caches, generation, the
+attention backends (`eager`, `sdpa`, `flash_attention_2`, `flex_attention`, hub kernels), resizing.
+What differs, and why:
 - `nn.Linear` layers instead of GPT-2's `Conv1D`: PyTorch's native layout. OpenAI's checkpoints store
   [in, out] matrices; `from_pretrained` transposes them on the way in, `to_gpt2()` on the way out.
-- The embedding table has `config.padded_vocab_size` rows (50304 for GPT-2) so the head's matmul has
-  a GPU-friendly shape. Logits returned to callers are exactly `vocab_size` wide, so padding ids can
-  never be predicted or sampled.
-- Attention always goes through `scaled_dot_product_attention`, with `is_causal` on the training
-  path so flash attention is used.
-- While training with labels, the loss is computed by a fused linear + cross-entropy that never holds
-  the logits of the whole batch (they would be 64 x 1024 x 50304 floats, 13 GB in float32). In eval
-  mode the output has loss and logits, as every transformers model's does.
-- The attention masks are built here from the 2-D padding mask, for whatever cache is in use (none,
-  dynamic or static), rather than through transformers' mask helpers, whose signatures change between
-  minor releases; the checkpoint carries this file as remote code and must load on all of them.
+- `return_logits=False` asks for the loss alone: a fused linear + cross-entropy that never holds the
+  logits of the whole batch (they would be 64 x 1024 x 50304 floats, 13 GB in float32). The training
+  loop and the validation pass ask for it; every other caller gets logits, as from any transformers model.
+  Its matmuls use the head rounded up to `config.padded_vocab_size` rows (50304 for GPT-2), a
+  GPU-friendly shape; the stored table keeps exactly `vocab_size` rows, as OpenAI's does.
+- GELU's tanh approximation runs as PyTorch's fused kernel (see `FUSED_ACTIVATIONS`).
 """
 
+import functools
+import inspect
 import math
 
 import torch
@@ -37,8 +37,13 @@ from transformers import (
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 try:  # inside a checkpoint loaded with trust_remote_code, the two files form a package
     from .configuration import GPT2ScratchConfig
@@ -47,19 +52,62 @@ except ImportError:  # in this repository they are top-level modules
 
 
 IGNORE_INDEX = -100
-# transformers 5.2x renamed the cache argument and output field `past_key_values` -> `cache`: this file
-# speaks whichever the installed transformers speaks, so a checkpoint's remote code runs on either.
-CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # GPT-2 stores these four matrices as Conv1D weights, [in_features, out_features].
 CONV1D_WEIGHT_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
+# transformers 5.2x renamed the cache argument and output field `past_key_values` -> `cache`. A checkpoint
+# carries this file as remote code, so it speaks whichever name the installed transformers speaks.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+MASK_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def _takes_cache_under_its_old_name(forward):
+    """Where `cache` is the current name, `past_key_values=` warns as stock's does; before the rename
+    transformers itself (and `generate`) still passes `past_key_values`, which is taken silently."""
+    if CACHE_FIELD == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+
+    @functools.wraps(forward)
+    def renamed(*args, **kwargs):
+        if "past_key_values" in kwargs:
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        return forward(*args, **kwargs)
+
+    return renamed
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Attention written out, so that its weights exist (`output_attentions`).
+
+    query (B, n_head, T, head_dim); key, value (B, n_head, T_keys, head_dim); attention_mask additive,
+    (B or 1, 1, T, T_keys), or None. Returns the output (B, T, n_head, head_dim) and the weights
+    (B, n_head, T, T_keys), as every function behind transformers' attention interface does.
+    """
+    if module.reorder_and_upcast_attn:  # GPT-2's flag: scores and softmax in float32, even under autocast
+        with torch.autocast(query.device.type, enabled=False):
+            scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    else:
+        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1).to(value.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2), weights
+
 
 class CausalSelfAttention(nn.Module):
+    is_causal = True  # read by transformers' attention functions
+
     def __init__(self, config: GPT2ScratchConfig, layer_idx: int):
         super().__init__()
+        self.config = config  # its `_attn_implementation` chooses the attention function at every call
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.layer_idx = layer_idx
+        self.scaling = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scaling /= layer_idx + 1
+        self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.is_residual_projection = True
@@ -69,30 +117,30 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,  # (B, T, C)
-        attention_mask: torch.Tensor | None = None,  # (B, 1, T, T_past + T), True where attending
+        attention_mask: torch.Tensor | None = None,  # as `create_causal_mask` builds it for the backend in use
         cache: Cache | None = None,
-    ) -> torch.Tensor:
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq_len, width = hidden_states.shape
         # (B, T, 3C) -> three (B, n_head, T, head_dim)
         qkv = self.c_attn(hidden_states).view(batch, seq_len, 3, self.n_head, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)  # (B, n_head, T_keys, head_dim)
-        if attention_mask is not None and attention_mask.shape[-1] < key.shape[-2]:
-            # A static cache hands back all its slots; the ones past the mask are not written yet.
-            attention_mask = F.pad(attention_mask, (0, key.shape[-2] - attention_mask.shape[-1]), value=False)
-        attn = F.scaled_dot_product_attention(
+        # sdpa (the default) calls the fused kernel with `is_causal` when there is no mask: the training path.
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
+        output, weights = attention(
+            self,
             query,
             key,
             value,
-            attn_mask=attention_mask,
-            dropout_p=self.attn_pdrop if self.training else 0.0,
-            # Without a mask only the plain causal case reaches here (see `build_attention_mask`);
-            # a single decoding step attends to everything it has.
-            is_causal=attention_mask is None and seq_len > 1,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.attn_pdrop if self.training else 0.0,
+            **kwargs,
         )
-        attn = attn.transpose(1, 2).reshape(batch, seq_len, width)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(attn))
+        output = output.reshape(batch, seq_len, width)  # (B, T, n_head, head_dim) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(output)), weights
 
 
 # GPT-2's "gelu_new" is GELU's tanh approximation written out in eight elementwise ops, each of which
@@ -124,45 +172,26 @@ class Block(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, hidden_states, attention_mask=None, cache=None):
-        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), attention_mask, cache)
+    def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+        attended, _ = self.attn(self.ln_1(hidden_states), attention_mask, cache, **kwargs)
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.ln_2(hidden_states))
-
-
-def build_attention_mask(
-    attention_mask: torch.Tensor | None, query_len: int, past_len: int | torch.Tensor, cache: Cache | None,
-    device: torch.device,
-) -> torch.Tensor | None:
-    """Boolean SDPA mask (B or 1, 1, query_len, past_len + query_len), or None for the plain causal case.
-
-    `attention_mask` is transformers' 2-D padding mask (B, past_len + query_len) with 1 for real tokens;
-    a 4-D mask (as `generate` builds for static caches) is taken as already built. Queries sit in the
-    cache's slots past_len, past_len + 1, ...; later slots of a static cache are hidden by causality.
-    """
-    if attention_mask is not None and attention_mask.dim() == 4:
-        return attention_mask
-    keys_are_exactly_the_past = cache is None or isinstance(cache, DynamicCache)  # a static cache has spare slots
-    if attention_mask is None and keys_are_exactly_the_past and (past_len == 0 or query_len == 1):
-        return None  # is_causal (or nothing to hide) handles it, and keeps the flash kernel
-    key_len = attention_mask.shape[-1] if attention_mask is not None else past_len + query_len
-    query_positions = torch.arange(query_len, device=device)[:, None] + past_len
-    key_positions = torch.arange(key_len, device=device)[None, :]
-    mask = (key_positions <= query_positions)[None, None]  # (1, 1, T, T_past + T)
-    if attention_mask is not None:
-        mask = mask & attention_mask[:, None, None, :].bool()
-        # A left-padding query sees no real key; letting it see itself keeps softmax finite.
-        mask = mask | (key_positions == query_positions)
-    return mask
 
 
 class GPT2ScratchPreTrainedModel(PreTrainedModel):
     config_class = GPT2ScratchConfig
     config: GPT2ScratchConfig
     base_model_prefix = "transformer"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     _skip_keys_device_placement = [CACHE_FIELD]
+    # What transformers may rely on; each is exercised in tests/test_modeling_gpt2_scratch.py.
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True  # any function registered with transformers' AttentionInterface
+    _can_compile_fullgraph = True  # static caches and compiled generation
+    _can_record_outputs = {"hidden_states": Block, "attentions": OutputRecorder(CausalSelfAttention, index=1)}
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -185,7 +214,7 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
 class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__(config)
-        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([Block(config, layer_idx=i) for i in range(config.n_layer)])
@@ -199,27 +228,30 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
+    @merge_with_config_defaults  # use_cache from the config
+    @capture_outputs  # output_hidden_states, output_attentions, return_dict
+    @_takes_cache_under_its_old_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T)
-        attention_mask: torch.Tensor | None = None,  # (B, T_past + T)
-        position_ids: torch.LongTensor | None = None,  # (B or 1, T)
         cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,  # (B, T_past + T), 1 for real tokens
+        token_type_ids: torch.LongTensor | None = None,  # (B, T), embedded with the token table, as GPT-2 does
+        position_ids: torch.LongTensor | None = None,  # (B or 1, T)
         inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)  # transformers before 5.2x
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
+            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
             inputs_embeds = self.wte(input_ids)
         seq_len = inputs_embeds.shape[1]
 
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        if not use_cache:
+        if not use_cache or (self.gradient_checkpointing and self.training):
             cache = None
         past_len = cache.get_seq_length() if cache is not None else 0  # a tensor for static caches
         # Under compile a static cache's length is data: the check would break the graph.
@@ -228,13 +260,23 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
                 f"Sequence of {past_len + seq_len} tokens is longer than the model's n_positions "
                 f"({self.config.n_positions}); truncate the input or use a model with more positions."
             )
+        # In the form the configured backend takes: None on the plain causal path, so sdpa runs `is_causal`.
+        # Only a caller's positions can mark packed sequences; checking our own would read the device.
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **{MASK_CACHE_ARGUMENT: cache},
+        )
         if position_ids is None:
             position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_len)[None]
-
-        mask = build_attention_mask(attention_mask, seq_len, past_len, cache, inputs_embeds.device)
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, C)
+        hidden_states = inputs_embeds + self.wpe(position_ids)  # (B, T, C)
+        if token_type_ids is not None:
+            hidden_states = hidden_states + self.wte(token_type_ids)
+        hidden_states = self.drop(hidden_states)
         for block in self.h:
-            hidden_states = block(hidden_states, mask, cache)
+            hidden_states = block(hidden_states, mask, cache, position_ids=position_ids, **kwargs)
         hidden_states = self.ln_f(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_FIELD: cache})
 
@@ -245,20 +287,25 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     Each chunk's logits live only inside the loop: the gradients with respect to `hidden` and
     `weight` are computed right there in the forward pass, and backward merely scales them. Peak
     memory for the head is one chunk of logits instead of the whole (B * T, vocab) tensor, and no
-    matmul is repeated. Logits are taken in the ambient (autocast) precision and reduced in float32.
+    matmul is repeated. The head is padded with zero rows to `padded_rows` (their logits masked out)
+    so the matmuls have a GPU-friendly width. Logits are taken in the ambient (autocast) precision and
+    reduced in float32.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, normalizer, chunk_tokens):
+    def forward(ctx, hidden, weight, targets, normalizer, chunk_tokens, padded_rows):
         # hidden (N, C); weight (V, C); targets (N,) with IGNORE_INDEX for skipped positions
+        vocab = weight.shape[0]
+        head = F.pad(weight, (0, 0, 0, padded_rows - vocab))  # (V_padded, C)
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        grad_head = torch.zeros_like(head, dtype=torch.float32) if needs_grad else None
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_tokens):
             chunk_hidden = hidden[start : start + chunk_tokens]
             chunk_targets = targets[start : start + chunk_tokens]
-            logits = (chunk_hidden @ weight.t()).float()  # (n, V)
+            logits = (chunk_hidden @ head.t()).float()  # (n, V_padded)
+            logits[:, vocab:] = float("-inf")  # padding ids are not tokens
             valid = chunk_targets != IGNORE_INDEX
             safe_targets = chunk_targets.clamp(min=0)[:, None]
             log_norm = torch.logsumexp(logits, dim=-1)
@@ -269,16 +316,16 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 grad_logits.scatter_add_(1, safe_targets, -torch.ones_like(safe_targets, dtype=grad_logits.dtype))
                 grad_logits.mul_((valid / normalizer)[:, None])
                 grad_logits = grad_logits.to(chunk_hidden.dtype)
-                grad_hidden[start : start + chunk_tokens] = grad_logits @ weight.to(grad_logits.dtype)
-                grad_weight += grad_logits.t() @ chunk_hidden
+                grad_hidden[start : start + chunk_tokens] = grad_logits @ head.to(grad_logits.dtype)
+                grad_head += grad_logits.t() @ chunk_hidden
         if needs_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+            ctx.save_for_backward(grad_hidden, grad_head[:vocab].to(weight.dtype))
         return loss_sum / normalizer
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None
 
 
 def align_targets(labels: torch.Tensor | None, shift_labels: torch.Tensor | None) -> torch.Tensor:
@@ -294,7 +341,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__(config)
         self.transformer = GPT2ScratchModel(config)
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -303,64 +350,71 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
+    @_takes_cache_under_its_old_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T)
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,  # (B, T), the inputs themselves: shifted here
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
-        return_logits: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_logits: bool = True,
         num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`shift_labels` (B, T), targets already aligned with the inputs, may stand in for `labels`.
 
         It arrives through `**kwargs`, as in transformers' own models, so that `Trainer` counts only
-        `labels` as a label column. Logits come back unless the model is training and has targets
-        (they are what blows the memory there); `return_logits` overrides either way.
+        `labels` as a label column. `return_logits=False` with targets computes the loss with the fused
+        chunked cross-entropy and returns no logits: the training loop's call.
         """
         shift_labels = kwargs.pop("shift_labels", None)
+        if shift_labels is not None:
+            shift_labels = shift_labels.contiguous()  # slices of token rows are welcome (the loss views them)
         outputs = self.transformer(
             input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
             cache=cache,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            **kwargs,  # the cache under its pre-5.2x name, `past_key_values`, is taken there
+            **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, C)
-        head_weight = self.lm_head.weight[: self.config.vocab_size]  # padding rows never become logits
-
         has_targets = labels is not None or shift_labels is not None
-        if return_logits is None:
-            return_logits = not (self.training and has_targets)
-        targets = normalizer = None
-        if has_targets:
-            targets = align_targets(labels, shift_labels).reshape(-1)
-            normalizer = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
 
         loss = logits = None
         if return_logits:
-            kept = hidden_states[:, -logits_to_keep:] if logits_to_keep and not has_targets else hidden_states
-            logits = F.linear(kept, head_weight)  # (B, T or logits_to_keep, vocab_size)
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states if has_targets else hidden_states[:, keep])  # (B, T, vocab_size)
             if has_targets:
-                flat_logits = logits.reshape(-1, logits.shape[-1]).float()
-                loss = F.cross_entropy(flat_logits, targets, ignore_index=IGNORE_INDEX, reduction="sum") / normalizer
-                logits = logits[:, -logits_to_keep:] if logits_to_keep else logits
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels,
+                                          num_items_in_batch=num_items_in_batch)
+                logits = logits[:, keep]
         elif has_targets:
+            targets = align_targets(labels, shift_labels).reshape(-1)
+            normalizer = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
             loss = FusedLinearCrossEntropy.apply(
                 hidden_states.reshape(-1, hidden_states.shape[-1]),
-                head_weight,
+                self.lm_head.weight,
                 targets,
                 normalizer,
                 self.config.loss_chunk_tokens,
+                self.config.padded_vocab_size,
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
 
     # ---- conversions to and from OpenAI's GPT-2 layout ------------------------------------------------
 
@@ -391,48 +445,41 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     @classmethod
     def from_gpt2(cls, stock: GPT2LMHeadModel, pad_vocab_size_multiple: int = 64) -> "GPT2ScratchForCausalLM":
         """The same network as a stock `GPT2LMHeadModel`, in this class (Conv1D weights transposed)."""
-        stock_config = stock.config
-        if stock_config.add_cross_attention or stock_config.scale_attn_by_inverse_layer_idx:
-            raise ValueError("Only plain GPT-2 checkpoints convert: cross-attention and layer-scaled attention differ")
+        if stock.config.add_cross_attention:
+            raise ValueError("Only decoder-only GPT-2 checkpoints convert: this one has cross-attention layers")
         config = GPT2ScratchConfig(
             pad_vocab_size_multiple=pad_vocab_size_multiple,
-            **{name: getattr(stock_config, name) for name in _SHARED_CONFIG_FIELDS},
+            attn_implementation=stock.config._attn_implementation,
+            **{name: getattr(stock.config, name) for name in _SHARED_CONFIG_FIELDS},
         )
         model = cls(config).to(device=stock.device, dtype=stock.dtype)
-        state = {}
-        for name, tensor in stock.state_dict().items():
-            if name.endswith(CONV1D_WEIGHT_SUFFIXES):
-                tensor = tensor.t()
-            elif name in ("transformer.wte.weight", "lm_head.weight"):
-                tensor = F.pad(tensor, (0, 0, 0, config.padded_vocab_size - config.vocab_size))  # zero rows
-            state[name] = tensor
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(_swap_conv1d_layout(stock.state_dict()), strict=True)
         model.generation_config = stock.generation_config
         return model.train(stock.training)
 
     def to_gpt2(self, state_dict: dict | None = None) -> GPT2LMHeadModel:
-        """A stock `GPT2LMHeadModel` with identical logits: padding rows dropped, Conv1D layout restored.
+        """A stock `GPT2LMHeadModel` with identical logits (Conv1D layout restored).
 
         `state_dict`: this model's full weights when they are not all here (gathered from FSDP shards).
         """
         fields = {name: getattr(self.config, name) for name in _SHARED_CONFIG_FIELDS}
-        stock = GPT2LMHeadModel(GPT2Config(**fields, attn_implementation="sdpa"))
+        stock = GPT2LMHeadModel(GPT2Config(**fields, attn_implementation=self.config._attn_implementation))
         stock.to(device=self.device, dtype=self.dtype)
-        state = {}
-        for name, tensor in (self.state_dict() if state_dict is None else state_dict).items():
-            if name.endswith(CONV1D_WEIGHT_SUFFIXES):
-                tensor = tensor.t().contiguous()
-            elif name in ("transformer.wte.weight", "lm_head.weight"):
-                tensor = tensor[: self.config.vocab_size]
-            state[name] = tensor
-        stock.load_state_dict(state, strict=True)
+        stock.load_state_dict(_swap_conv1d_layout(self.state_dict() if state_dict is None else state_dict), strict=True)
         stock.generation_config = self.generation_config
         return stock.train(self.training)
+
+
+def _swap_conv1d_layout(state_dict: dict) -> dict:
+    """The same weights with the four Conv1D matrices of each block transposed (the swap is its own inverse)."""
+    return {name: tensor.t().contiguous() if name.endswith(CONV1D_WEIGHT_SUFFIXES) else tensor
+            for name, tensor in state_dict.items()}
 
 
 _SHARED_CONFIG_FIELDS = (
     "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
     "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
+    "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
     "bos_token_id", "eos_token_id", "pad_token_id",
 )  # fmt: skip
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")

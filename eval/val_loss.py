@@ -36,14 +36,14 @@ def row_batches(rows: PackedRows, indices: np.ndarray, batch_size: int):
 def validation_loss(model, batches, accelerator=None) -> float:
     """Mean next-token loss over every target in `batches`, summed exactly across processes.
 
-    Any causal LM, ours or stock (`score_next_tokens`); `num_items_in_batch=1` makes each batch's loss a sum.
-    `return_logits=False` keeps ours on its fused loss in eval mode (stock models ignore the flag).
+    Any causal LM, ours (on its fused loss) or stock (`score_next_tokens`); `num_items_in_batch=1` makes each
+    batch's loss a sum.
     """
     with evaluating(model, accelerator) as device:
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, target count
         for inputs, targets in batches:
             inputs, targets = inputs.to(device), targets.to(device)
-            out = score_next_tokens(model, inputs, targets, num_items_in_batch=1, return_logits=False)
+            out = score_next_tokens(model, inputs, targets, num_items_in_batch=1)
             totals += torch.stack([out.loss.double(), torch.tensor(targets.numel(), device=device,
                                                                     dtype=torch.float64)])
     if accelerator is not None:

@@ -54,11 +54,14 @@ def inputs_and_targets(rows: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, t
     return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
 
-def score_next_tokens(model, inputs: torch.Tensor, targets: torch.Tensor, **kwargs):
+def score_next_tokens(model, inputs: torch.Tensor, targets: torch.Tensor, return_logits: bool = False, **kwargs):
     """The model's output on `inputs`, its `.loss` the next-token loss against `targets` already aligned with
     them (`inputs_and_targets`). `labels` and `shift_labels` both: stock transformers models shift `labels`
-    unless given `shift_labels`, and this model takes either, so any causal LM scores the same targets."""
-    return model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False, **kwargs)
+    unless given `shift_labels`, and this model takes either, so any causal LM scores the same targets.
+    `return_logits=False` (the default) keeps this model on its fused loss, which never holds the batch's
+    logits; stock models ignore the flag and return them anyway."""
+    return model(input_ids=inputs, labels=targets, shift_labels=targets, use_cache=False, return_logits=return_logits,
+                 **kwargs)
 
 
 def is_local_source(source: dict) -> bool:

@@ -19,6 +19,7 @@ from support.tiny import adamw_config, tiny_config, tiny_run_args
 from transformers import AutoModelForCausalLM
 
 import run_pretrain
+from formats.packed_data import inputs_and_targets, score_next_tokens
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import CPU_LAUNCH_ENV, launch_command
 from training.arguments import parse_config
@@ -82,7 +83,7 @@ def test_muon_step_is_torch_muon_on_the_matrices_and_adamw_on_the_rest(accelerat
     for step in range(3):
         batch = rows(seed=step)
         one_step(ours, optimizers, config, accelerator, batch)
-        reference(batch[:, :-1], labels=batch[:, 1:], shift_labels=batch[:, 1:]).loss.backward()
+        score_next_tokens(reference, *inputs_and_targets(batch)).loss.backward()  # the training step's loss call
         torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
         for optimizer in by_hand:
             optimizer.step()
@@ -105,7 +106,7 @@ def test_split_qkv_orthogonalizes_query_key_and_value_apart(accelerator):
     grad_model = GPT2ScratchForCausalLM(tiny_config())
     grad_model.load_state_dict(base.state_dict())
     batch = rows()
-    grad_model(batch[:, :-1], labels=batch[:, 1:], shift_labels=batch[:, 1:]).loss.backward()
+    score_next_tokens(grad_model, *inputs_and_targets(batch)).loss.backward()
     torch.nn.utils.clip_grad_norm_(grad_model.parameters(), 1.0)
     qkv = grad_model.transformer.h[0].attn.c_attn.weight
     parts = [torch.nn.Parameter(part.detach().clone()) for part in qkv.detach().chunk(3)]

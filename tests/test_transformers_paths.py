@@ -104,17 +104,6 @@ def test_eval_mode_returns_loss_and_logits_like_stock(model_and_stock):
     torch.testing.assert_close(ours.loss, reference.loss, atol=1e-5, rtol=1e-5)
 
 
-def test_training_mode_skips_logits_unless_asked(trained_scratch_run):
-    model = AutoModelForCausalLM.from_pretrained(trained_scratch_run / "final", trust_remote_code=True).train()
-    ids = torch.randint(0, model.config.vocab_size, (2, 20))
-    fused = model(ids, labels=ids)
-    assert fused.logits is None
-    asked = model(ids, labels=ids, return_logits=True)
-    assert asked.logits.shape == (2, 20, model.config.vocab_size)
-    torch.testing.assert_close(fused.loss, asked.loss, atol=1e-5, rtol=1e-5)
-    assert model.eval()(ids, labels=ids, return_logits=False).logits is None  # the in-loop validation's choice
-
-
 def blocks_dataset(vocab_size: int, rows: int = 6, length: int = 16):
     from datasets import Dataset
 

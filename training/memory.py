@@ -117,6 +117,6 @@ def memory_estimate(model, optimizer: str, micro_batch: int, block_size: int, pr
     per_token_layer = 18 * c.n_embd + 4 * c.intermediate_size
     per_layer = per_token_layer * micro_batch * block_size * (1 if precision in ("bf16", "fp16") else 2)
     kept_layers = 1 if gradient_checkpointing else c.n_layer
-    logits_chunk = 4 * c.loss_chunk_tokens * c.vocab_size
+    logits_chunk = 4 * c.loss_chunk_tokens * c.padded_vocab_size  # float32, over the padded head's rows
     return MemoryEstimate(weights=4 * parameters, gradients=4 * parameters, optimizer=optimizer_bytes,
                           activations=per_layer * kept_layers + logits_chunk)

@@ -119,7 +119,7 @@ def stage_correctness(stage: Stage) -> dict:
 
     # Training mode: our fused chunked loss (no logits) and its backward, against stock's full logits.
     models = {"ours": ours, "stock": stock}
-    grads = {(name, bf16): train_gradient(model, batch, bf16, plan.vocab) for name, model in models.items()
+    grads = {(name, bf16): train_gradient(model, batch, bf16) for name, model in models.items()
              for bf16 in (False, True)}
     train_loss_error = {name: relative_gap(grads[name, True][0], grads[name, False][0]) for name in ("ours", "stock")}
     grad_error = {name: relative_rms(grads[name, True][1], grads[name, False][1]) for name in ("ours", "stock")}
@@ -183,19 +183,19 @@ def forward(model, batch: tuple, bf16: bool) -> tuple[float, torch.Tensor]:
     """Eval-mode loss and float32 logits."""
     model.eval()
     with torch.no_grad(), torch.autocast(the_device().type, dtype=torch.bfloat16, enabled=bf16):
-        out = score_next_tokens(model, *batch)
+        out = score_next_tokens(model, *batch, return_logits=True)
     model.train()
     return out.loss.item(), out.logits.float()
 
 
-def train_gradient(model, batch: tuple, bf16: bool, vocab: int) -> tuple[float, torch.Tensor]:
+def train_gradient(model, batch: tuple, bf16: bool) -> tuple[float, torch.Tensor]:
     """Training-mode loss and the token embedding's gradient (tied to the head, so the loss's backward feeds it)."""
     model.train()
     model.zero_grad(set_to_none=True)
     with torch.autocast(the_device().type, dtype=torch.bfloat16, enabled=bf16):
         loss = score_next_tokens(model, *batch).loss
     loss.backward()
-    gradient = model.get_input_embeddings().weight.grad[:vocab].float().clone()
+    gradient = model.get_input_embeddings().weight.grad.float().clone()
     model.zero_grad(set_to_none=True)
     return loss.item(), gradient
 
@@ -268,7 +268,7 @@ def fused_loss_memory(model, batch: tuple, device: torch.device) -> dict | None:
     if device.type != "cuda":
         return None
     peaks = {}
-    for name, return_logits in (("fused", None), ("full_logits", True)):
+    for name, return_logits in (("fused", False), ("full_logits", True)):
         model.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
