@@ -100,7 +100,7 @@ def prepare(args: PrepareArguments) -> dict:
         return read_metadata(output)
 
     source = args.corpus_source()
-    corpus = load_corpus(source)
+    corpus = load_corpus(source, args.num_proc)
     if args.train_tokenizer_vocab:
         tokenizer = train_bpe_tokenizer(corpus, args.text_column, args.train_tokenizer_vocab)
     else:

@@ -1,79 +1,126 @@
-"""End-to-end speed of prepare_data.py against the reproduction's data pipeline, side by side in one run.
+"""End-to-end speed and memory of prepare_data.py against the reproduction's data pipeline, at scale.
 
-    python benchmarks/prepare_data_speed.py --data_dir ../shared/data --num_proc 2 --copies 3
+    python benchmarks/prepare_data_speed.py --tokens 10M,30M,100M --output prep.json   # every shape, ~40 min
+    python benchmarks/prepare_data_speed.py --tokens 2M --shapes paragraphs           # a smoke run, seconds
 
-Corpus: the Shakespeare and Milton texts, one document per paragraph, repeated `--copies` times
-(3 copies: about 5.4M GPT-2 tokens). Both pipelines start from the text files, use the same number of
-processes, and end with uint16 tokens on disk:
-- baseline: what the reproduction did: tiktoken `encode_ordinary` in a `multiprocessing.Pool`,
-  each document prefixed with <|endoftext|>, written as uint16 numpy shards;
-- ours: `prepare_data.prepare(...)` (load the text builder, tokenize, split, pack, save, and convert the
-  ranks file into a Hugging Face tokenizer), in a fresh datasets cache so nothing is reused;
-- ours with `--streaming`: the same, reading the files as a stream (no Arrow cache of the source or of
-  the per-document tokens; packing as the tokens arrive).
-Both are timed in this process from the first file read to the last byte written; imports excluded.
-Each is run `--repeats` times, alternating; medians are reported.
+Three corpus shapes bracket FineWeb-Edu's documents (about 1,000 GPT-2 tokens each):
+- `paragraphs`: the Shakespeare and Milton texts, one document per paragraph (about 50 tokens);
+- `pages`: the same texts cut into 4,000-character documents (about 1,000 tokens, a web page);
+- `files`: Python's standard library, one document per source file (about 5,000 tokens).
+Each corpus is those texts copied until it holds about `--tokens` GPT-2 tokens, written as local files.
+
+Four pipelines run on it, each as its own command, with `--num_proc` processes:
+- `baseline`, the reproduction's shape: documents read in the parent, tiktoken `encode_ordinary` in a
+  `multiprocessing.Pool` (`imap`, chunks of 16), each prefixed with <|endoftext|>, uint16 `.npy` shards;
+- `cached`: `prepare_data.py` with an empty datasets cache;
+- `streaming`: `prepare_data.py --streaming`;
+- `tokenizer_only`: tiktoken alone on the same documents, already in memory, split across the processes:
+  the rate no pipeline with this tokenizer and these processes can beat.
+For each: wall time from the command to its finished output, tokens/s, peak resident memory of the whole
+process tree (sampled every 50 ms), and bytes on disk (output, and the datasets cache it leaves). Between
+sizes of one shape, the marginal rate (extra tokens over extra seconds) leaves fixed costs out.
 """
 
 import argparse
+import json
 import multiprocessing as mp
+import os
 import shutil
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
-
-from preparation.tokenizer import GPT2_SPLIT_PATTERN
-from prepare_data import PrepareArguments, prepare
+from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's split pattern, as the reproduction got it
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+SHAPES = ("paragraphs", "pages", "files")
+PIPELINES = ("baseline", "cached", "streaming", "tokenizer_only")
+TEXT_UNIT = {"paragraphs": "paragraph", "pages": "paragraph", "files": "document"}
+PAGE_CHARS = 4000
 SHARD_TOKENS = 10_000_000
-# Held out by both of our modes: about the cached mode's default 5% of three copies (streaming has no default
-# that fits a small corpus, since it cannot know the corpus size in advance).
-VAL_TOKENS = 250_000
+EOT_ID = 50256
 _encoding = None
 
 
-def build_corpus(data_dir: Path, copies: int, target: Path) -> list[Path]:
-    sources = sorted((data_dir / "shakespeare").glob("*.txt")) + sorted((data_dir / "milton").glob("*.txt"))
-    files = []
+# ---- the corpora ---------------------------------------------------------------------------------------------
+
+def source_texts(shape: str, data_dir: Path) -> list[tuple[str, str]]:
+    """(name, contents) of one copy of the shape's texts, each written as one file of the corpus."""
+    if shape == "files":
+        import sysconfig
+
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        paths = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts)
+        return [(str(p.relative_to(stdlib)).replace("/", "_"), p.read_text(encoding="utf-8", errors="replace"))
+                for p in paths]
+    paths = sorted((data_dir / "shakespeare").glob("*.txt")) + sorted((data_dir / "milton").glob("*.txt"))
+    texts = [(p.name, p.read_text(encoding="utf-8", errors="replace")) for p in paths]
+    if shape == "paragraphs":
+        return texts
+    joined = "\n".join(t.replace("\n\n", "\n") for _, t in texts)  # pages: no paragraph breaks inside a page
+    pages = [joined[i : i + PAGE_CHARS].strip("\n") for i in range(0, len(joined), PAGE_CHARS)]
+    per_file = 256
+    return [(f"pages_{i:04d}.txt", "\n\n".join(pages[i : i + per_file])) for i in range(0, len(pages), per_file)]
+
+
+def build_corpus(shape: str, data_dir: Path, tokens: int, target: Path, bytes_per_token: float) -> Path:
+    """Copies of the shape's texts, flat in `target`, until they hold about `tokens` tokens."""
+    target.mkdir(parents=True)
+    texts = source_texts(shape, data_dir)
+    copy_bytes = sum(len(t.encode()) for _, t in texts)
+    copies = max(1, round(tokens * bytes_per_token / copy_bytes))
     for copy in range(copies):
-        for source in sources:
-            files.append(target / f"{copy}_{source.name}")
-            shutil.copyfile(source, files[-1])
-    return files
+        for name, text in texts:
+            (target / f"{copy:03d}_{name}").write_text(text, encoding="utf-8")
+    return target
+
+
+def bytes_per_token(shape: str, data_dir: Path, encoding) -> float:
+    texts = [t for _, t in source_texts(shape, data_dir)][:400]
+    return sum(len(t.encode()) for t in texts) / sum(len(encoding.encode_ordinary(t)) for t in texts)
+
+
+def corpus_documents(corpus: Path, text_unit: str):
+    """The documents as datasets' text builder reads them: a file each, or its non-empty paragraphs."""
+    for path in sorted(corpus.iterdir()):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text_unit == "document":
+            yield text
+        else:
+            yield from (paragraph for paragraph in text.split("\n\n") if paragraph)
+
+
+# ---- the two reference pipelines, run as commands by `--run` -----------------------------------------------
+
+def gpt2_encoding(ranks_path: str):
+    return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=load_tiktoken_bpe(ranks_path),
+                             special_tokens={})
 
 
 def _init_worker(ranks_path: str):
     global _encoding
-    _encoding = tiktoken.Encoding("gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=load_tiktoken_bpe(ranks_path),
-                                  special_tokens={"<|endoftext|>": 50256})
+    _encoding = gpt2_encoding(ranks_path)
 
 
 def _tokenize(document: str) -> np.ndarray:
-    tokens = [50256]
+    tokens = [EOT_ID]
     tokens.extend(_encoding.encode_ordinary(document))
     return np.array(tokens, dtype=np.uint16)
 
 
-def run_baseline(files: list[Path], ranks_path: str, num_proc: int, out_dir: Path) -> int:
-    """The reproduction's fineweb.py, reading paragraphs the way datasets' text builder does."""
-    def documents():
-        for path in files:
-            for paragraph in path.read_text(encoding="utf-8", errors="replace").split("\n\n"):
-                if paragraph:  # as datasets' text builder: empty strings only are skipped
-                    yield paragraph
-
+def run_baseline(corpus: Path, text_unit: str, ranks_path: str, num_proc: int, out_dir: Path) -> int:
+    """The reproduction's fineweb.py: documents read here, tokenized by a Pool, written as uint16 shards."""
+    out_dir.mkdir(parents=True)
     total, shard_index, buffer, filled = 0, 0, np.empty(SHARD_TOKENS, dtype=np.uint16), 0
-    # A fork server, not fork: forking a process that has threads (this one may: tokenizers, torch, a test
-    # runner's) can copy a lock held by one of them into a worker, which then never finishes.
     with mp.get_context("forkserver").Pool(num_proc, initializer=_init_worker, initargs=(ranks_path,)) as pool:
-        for tokens in pool.imap(_tokenize, documents(), chunksize=16):
+        for tokens in pool.imap(_tokenize, corpus_documents(corpus, text_unit), chunksize=16):
             total += len(tokens)
             while len(tokens):
                 take = min(len(tokens), SHARD_TOKENS - filled)
@@ -86,55 +133,174 @@ def run_baseline(files: list[Path], ranks_path: str, num_proc: int, out_dir: Pat
     return total
 
 
-def run_ours(files: list[Path], ranks_path: str, num_proc: int, out_dir: Path, cache: Path, streaming: bool) -> int:
-    """prepare_data.prepare with an empty datasets cache, so that nothing is reused."""
-    args = PrepareArguments(output_dir=str(out_dir), dataset="text", text_unit="paragraph",
-                            data_files=[str(f) for f in files], tokenizer=ranks_path, num_proc=num_proc,
-                            cache_dir=str(cache), streaming=streaming, val_tokens=VAL_TOKENS)
-    metadata = prepare(args)
-    return sum(split["tokens"] for split in metadata["splits"].values())
+def _encode_share(args) -> tuple[int, float]:
+    """One process's share of the documents, read first, then timed through the encoder alone."""
+    corpus, text_unit, ranks_path, index, parts = args
+    encoding = gpt2_encoding(ranks_path)
+    documents = [d for i, d in enumerate(corpus_documents(Path(corpus), text_unit)) if i % parts == index]
+    started = time.perf_counter()
+    tokens = sum(1 + len(encoding.encode_ordinary(d)) for d in documents)
+    return tokens, time.perf_counter() - started
+
+
+def run_tokenizer_only(corpus: Path, text_unit: str, ranks_path: str, num_proc: int) -> tuple[int, float]:
+    """Tokens, and the seconds the slowest process spent encoding (no reading, no writing)."""
+    with mp.get_context("forkserver").Pool(num_proc) as pool:
+        shares = pool.map(_encode_share, [(str(corpus), text_unit, ranks_path, i, num_proc) for i in range(num_proc)])
+    return sum(t for t, _ in shares), max(s for _, s in shares)
+
+
+# ---- measuring a command -----------------------------------------------------------------------------------
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measured(command: list[str], env: dict) -> dict:
+    """Wall seconds, the process tree's peak resident bytes, and the command's last line of stdout (JSON)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    watched, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        try:
+            peak = max(peak, tree_rss(watched))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    stdout, stderr = process.communicate()
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+    return {"seconds": seconds, "peak_rss_bytes": peak, "stdout": stdout}
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def run_pipeline(pipeline: str, corpus: Path, shape: str, args, work: Path) -> dict:
+    out, cache = work / "out", work / "cache"
+    text_unit, ranks = TEXT_UNIT[shape], str(args.data_dir / "gpt2.tiktoken")
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if pipeline in ("cached", "streaming"):
+        command = [sys.executable, "prepare_data.py", "--dataset", "text", "--data_files", f"{corpus}/*",
+                   "--text_unit", text_unit, "--tokenizer", ranks, "--num_proc", str(args.num_proc),
+                   "--cache_dir", str(cache), "--output_dir", str(out), "--val_tokens", str(args.val_tokens)]
+        command += ["--streaming"] if pipeline == "streaming" else []
+    else:
+        command = [sys.executable, __file__, "--run", pipeline, "--corpus", str(corpus), "--text_unit", text_unit,
+                   "--ranks", ranks, "--num_proc", str(args.num_proc), "--out", str(out)]
+    result = measured(command, env)
+    if pipeline in ("cached", "streaming"):
+        from formats.packed_data import read_metadata  # here: the timed commands do not import torch
+
+        splits = read_metadata(out)["splits"]
+        tokens = sum(split["tokens"] for split in splits.values())
+        seconds = result["seconds"]
+    else:
+        reported = json.loads(result["stdout"].strip().splitlines()[-1])
+        tokens = reported["tokens"]
+        seconds = reported.get("encode_seconds", result["seconds"])
+    record = {"pipeline": pipeline, "shape": shape, "tokens": tokens, "seconds": seconds,
+              "wall_seconds": result["seconds"], "tokens_per_second": tokens / seconds,
+              "peak_rss_bytes": result["peak_rss_bytes"], "output_bytes": directory_bytes(out),
+              "cache_bytes": directory_bytes(cache)}
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    return record
+
+
+def parse_tokens(text: str) -> int:
+    scale = {"K": 10**3, "M": 10**6, "B": 10**9}
+    return int(float(text[:-1]) * scale[text[-1].upper()]) if text[-1].upper() in scale else int(text)
+
+
+def marginal_rates(records: list[dict]) -> None:
+    """Per shape and pipeline, extra tokens over extra seconds from each size to the next."""
+    by_key = {}
+    for record in records:
+        by_key.setdefault((record["shape"], record["pipeline"]), []).append(record)
+    for runs in by_key.values():
+        runs.sort(key=lambda r: r["tokens"])
+        for smaller, larger in zip(runs, runs[1:], strict=False):
+            extra = larger["seconds"] - smaller["seconds"]
+            larger["marginal_tokens_per_second"] = (larger["tokens"] - smaller["tokens"]) / extra if extra > 0 else None
+            larger["marginal_rss_bytes"] = larger["peak_rss_bytes"] - smaller["peak_rss_bytes"]
+
+
+def print_table(records: list[dict]) -> None:
+    print("| shape | pipeline | tokens | wall s | tokens/s | marginal tokens/s | vs baseline | vs tokenizer only "
+          "| peak RSS GB | output MB | cache MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for record in records:
+        same = [r for r in records if r["shape"] == record["shape"] and r["tokens"] == record["tokens"]]
+        rates = {r["pipeline"]: r["tokens_per_second"] for r in same}
+        marginal = record.get("marginal_tokens_per_second")
+        print(f"| {record['shape']} | {record['pipeline']} | {record['tokens']:,} | {record['wall_seconds']:.1f} "
+              f"| {record['tokens_per_second']:,.0f} | {f'{marginal:,.0f}' if marginal else '-'} "
+              f"| {record['tokens_per_second'] / rates.get('baseline', float('nan')):.2f} "
+              f"| {record['tokens_per_second'] / rates.get('tokenizer_only', float('nan')):.2f} "
+              f"| {record['peak_rss_bytes'] / 1e9:.2f} | {record['output_bytes'] / 1e6:,.0f} "
+              f"| {record['cache_bytes'] / 1e6:,.0f} |")
+
+
+def run_command(args) -> None:
+    """`--run baseline|tokenizer_only`: one reference pipeline, its token count printed as JSON."""
+    if args.run == "baseline":
+        print(json.dumps({"tokens": run_baseline(args.corpus, args.text_unit, args.ranks, args.num_proc, args.out)}))
+    else:
+        tokens, seconds = run_tokenizer_only(args.corpus, args.text_unit, args.ranks, args.num_proc)
+        print(json.dumps({"tokens": tokens, "encode_seconds": seconds}))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    parser.add_argument("--tokens", default="10M,30M,100M", help="Corpus sizes in GPT-2 tokens, e.g. 10M,30M,100M.")
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--pipelines", default=",".join(PIPELINES))
     parser.add_argument("--num_proc", type=int, default=2)
-    parser.add_argument("--copies", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--val_tokens", type=int, default=250_000, help="Held out by both of our modes.")
+    parser.add_argument("--output", type=Path, default=None, help="Write the records as JSON here.")
+    parser.add_argument("--run", choices=("baseline", "tokenizer_only"), help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--text_unit", help=argparse.SUPPRESS)
+    parser.add_argument("--ranks", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    ranks_path = str(args.data_dir / "gpt2.tiktoken")
+    if args.run:
+        return run_command(args)
 
-    pipelines = {
-        "baseline (tiktoken + multiprocessing.Pool + numpy shards)": lambda out, cache: run_baseline(
-            files, ranks_path, args.num_proc, out),
-        "prepare_data.py (datasets.map, tokenize + pack + save)": lambda out, cache: run_ours(
-            files, ranks_path, args.num_proc, out / "data", cache, streaming=False),
-        "prepare_data.py --streaming": lambda out, cache: run_ours(
-            files, ranks_path, args.num_proc, out / "data", cache, streaming=True),
-    }
-    speeds, tokens = {name: [] for name in pipelines}, {}
+    encoding = gpt2_encoding(str(args.data_dir / "gpt2.tiktoken"))
+    sizes = sorted(parse_tokens(t) for t in args.tokens.split(","))
+    records = []
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "corpus").mkdir()
-        files = build_corpus(args.data_dir, args.copies, tmp / "corpus")
-        for repeat in range(args.repeats):
-            for index, (name, run) in enumerate(pipelines.items()):
-                out, cache = tmp / f"out_{repeat}_{index}", tmp / f"cache_{repeat}_{index}"
-                out.mkdir()
-                started = time.perf_counter()
-                tokens[name] = run(out, cache)
-                speeds[name].append(tokens[name] / (time.perf_counter() - started))
-                shutil.rmtree(out)
-                shutil.rmtree(cache, ignore_errors=True)
-    if len(set(tokens.values())) != 1:
-        raise SystemExit(f"token counts differ: {tokens}")
-    (corpus_tokens,) = set(tokens.values())
-    medians = {name: statistics.median(values) for name, values in speeds.items()}
-    baseline = next(iter(medians.values()))
-    print(f"corpus: {corpus_tokens:,} tokens, {len(files)} files, num_proc={args.num_proc}, "
-          f"{args.repeats} repeats (median; tokenizer conversion included in ours)")
-    for name, speed in medians.items():
-        print(f"{name:<58} {speed:>12,.0f} tokens/s  ratio to baseline {speed / baseline:.2f}")
+        for shape in args.shapes.split(","):
+            per_token = bytes_per_token(shape, args.data_dir, encoding)
+            for size in sizes:
+                corpus = build_corpus(shape, args.data_dir, size, Path(tmp) / f"{shape}_{size}", per_token)
+                for pipeline in args.pipelines.split(","):
+                    record = run_pipeline(pipeline, corpus, shape, args, Path(tmp) / "work")
+                    records.append({**record, "corpus": f"{shape}_{size}"})
+                    print(f"{shape} {record['tokens']:,} tokens {pipeline}: {record['wall_seconds']:.1f} s, "
+                          f"{record['tokens_per_second']:,.0f} tokens/s, "
+                          f"peak {record['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)
+                shutil.rmtree(corpus)
+    marginal_rates(records)
+    for corpus in {r["corpus"] for r in records}:
+        counts = {r["pipeline"]: r["tokens"] for r in records if r["corpus"] == corpus}
+        if len(set(counts.values())) != 1:
+            raise SystemExit(f"token counts differ between pipelines on corpus {corpus}: {counts}")
+    print_table(records)
+    if args.output:
+        args.output.write_text(json.dumps({"num_proc": args.num_proc, "records": records}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

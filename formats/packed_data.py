@@ -14,14 +14,19 @@ A prepared directory holds
 records it, and resumes on any preparation with the same identity.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 import pyarrow as pa
-import torch
+
+if TYPE_CHECKING:  # torch is imported where rows become tensors: preparing data never needs it
+    import torch
 
 METADATA_FILE = "prepare_metadata.json"
 TOKENIZER_SUBDIR = "tokenizer"
@@ -50,6 +55,8 @@ def rows_table(rows: np.ndarray) -> pa.Table:
 def inputs_and_targets(rows: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, block_size + 1) rows -> inputs `row[:-1]` and their aligned targets `row[1:]`, int64 and contiguous
     (stock transformers models `.view()` their labels)."""
+    import torch
+
     batch = torch.from_numpy(rows.astype(np.int64)) if isinstance(rows, np.ndarray) else rows.long()
     return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 

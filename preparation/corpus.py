@@ -38,17 +38,25 @@ class CorpusSource:
         return {key: getattr(self, key) for key in keys}
 
 
-def load_corpus(source: CorpusSource) -> datasets.Dataset | datasets.IterableDataset:
-    """The documents, as one text column; refuses missing files, missing columns and empty corpora."""
+def load_corpus(source: CorpusSource, num_proc: int = 1) -> datasets.Dataset | datasets.IterableDataset:
+    """The documents, as one text column; refuses missing files, missing columns and empty corpora.
+
+    A cached corpus of several files is converted to Arrow by up to `num_proc` processes, files split
+    between them in order (the documents' order is the same for any number)."""
     if source.is_local and not source.data_files:
         raise PrepareError(f"--dataset {source.dataset} needs --data_files")
+    local_files = 0
     for pattern in source.data_files or []:
-        if "://" not in pattern and not glob.glob(os.path.expanduser(pattern), recursive=True):
+        matches = [] if "://" in pattern else glob.glob(os.path.expanduser(pattern), recursive=True)
+        if "://" not in pattern and not matches:
             raise PrepareError(f"no data found: no file matches {pattern!r}")
+        local_files += len(matches)
     kwargs = {}
     if source.dataset == "text":
         kwargs = dict(sample_by=source.text_unit, encoding_errors="replace")
     kwargs.update(split=source.split, cache_dir=source.cache_dir, streaming=source.streaming)
+    if not source.streaming and min(num_proc, local_files) > 1:  # datasets warns when a job would get no file
+        kwargs["num_proc"] = min(num_proc, local_files)
     try:
         if source.is_local:
             corpus = datasets.load_dataset(source.dataset, data_files=source.data_files, **kwargs)

@@ -46,8 +46,18 @@ class BlockPacker:
     def __call__(self, batch: dict) -> pa.Table:
         (group,) = batch["group"]
         ids = self.doc_ids[group * self.group_documents : (group + 1) * self.group_documents]
-        stream = pc.list_flatten(self.documents.data.column("input_ids").take(pa.array(ids))).to_numpy()
-        return rows_table(pack_stream(stream, self.block_size))
+        return rows_table(pack_stream(documents_stream(self.documents, ids), self.block_size))
+
+
+def documents_stream(documents: datasets.Dataset, ids: np.ndarray) -> np.ndarray:
+    """The tokens of the documents at the ascending `ids`, one after another.
+
+    Sliced run by run of consecutive ids (a split's documents are long runs between the other split's):
+    Arrow's `take` on a list column builds its result element by element, several times slower.
+    """
+    column = documents.data.column("input_ids")
+    runs = np.split(ids, np.flatnonzero(np.diff(ids) != 1) + 1)
+    return np.concatenate([pc.list_flatten(column.slice(int(run[0]), len(run))).to_numpy() for run in runs])
 
 
 def pack_documents(documents: datasets.Dataset, doc_ids: np.ndarray, block_size: int, num_proc: int, name: str,

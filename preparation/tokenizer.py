@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
-from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import GPT2Tokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
 
 from formats.packed_data import row_dtype, tokenizer_dir
@@ -22,6 +22,8 @@ def tokenizer_from_source(source: str) -> PreTrainedTokenizerBase:
             vocab, merges = TikTokenConverter(vocab_file=source).extract_vocab_merges_from_model(source)
             vocab[EOT] = len(vocab)  # GPT-2: 50,256 ranked tokens, then <|endoftext|> = 50256
             return GPT2Tokenizer(vocab=vocab, merges=merges, name_or_path=source)
+        from transformers import AutoTokenizer  # it imports torch, which a .tiktoken source never needs
+
         return AutoTokenizer.from_pretrained(source)
     except Exception as error:  # any failure here means the same thing to the user
         raise PrepareError(f"cannot load tokenizer {source!r}: {type(error).__name__}: {error}") from None
@@ -102,6 +104,8 @@ class DocumentTokenizer:
             encoding = tiktoken.Encoding("gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=self.ranks,
                                          special_tokens={})
             return encoding.encode_ordinary
+        from transformers import AutoTokenizer
+
         backend = AutoTokenizer.from_pretrained(self.tokenizer_dir).backend_tokenizer
         return lambda text: backend.encode(text, add_special_tokens=False).ids
 
