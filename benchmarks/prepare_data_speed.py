@@ -17,7 +17,8 @@ Four pipelines run on it, each as its own command, with `--num_proc` processes:
 - `tokenizer_only`: tiktoken alone on the same documents, already in memory, split across the processes:
   the rate no pipeline with this tokenizer and these processes can beat.
 For each: wall time from the command to its finished output, tokens/s, peak resident memory of the whole
-process tree (sampled every 50 ms), and bytes on disk (output, and the datasets cache it leaves). Between
+process tree (sampled every 50 ms; all of it, and its anonymous part, without the pages of memory-mapped
+files), and bytes on disk (output, and the datasets cache it leaves). Between
 sizes of one shape, the marginal rate (extra tokens over extra seconds) leaves fixed costs out.
 """
 
@@ -152,33 +153,38 @@ def run_tokenizer_only(corpus: Path, text_unit: str, ranks_path: str, num_proc: 
 
 # ---- measuring a command -----------------------------------------------------------------------------------
 
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
+def tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """Resident bytes of the process and its descendants, all and anonymous only. The second leaves out
+    pages of files mapped into memory (the Arrow caches datasets reads), which the kernel can drop."""
+    resident = anonymous = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
+            info = member.memory_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        resident += info.rss
+        anonymous += info.rss - info.shared
+    return resident, anonymous
 
 
 def measured(command: list[str], env: dict) -> dict:
-    """Wall seconds, the process tree's peak resident bytes, and the command's last line of stdout (JSON)."""
+    """Wall seconds, the process tree's peak memory (resident, anonymous), and the command's stdout."""
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    watched, peak = psutil.Process(process.pid), 0
+    watched, peak, peak_anonymous = psutil.Process(process.pid), 0, 0
     while process.poll() is None:
         try:
-            peak = max(peak, tree_rss(watched))
+            resident, anonymous = tree_memory(watched)
         except psutil.Error:
-            pass
+            resident = anonymous = 0
+        peak, peak_anonymous = max(peak, resident), max(peak_anonymous, anonymous)
         time.sleep(0.05)
     stdout, stderr = process.communicate()
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-    return {"seconds": seconds, "peak_rss_bytes": peak, "stdout": stdout}
+    return {"seconds": seconds, "peak_rss_bytes": peak, "peak_anonymous_bytes": peak_anonymous, "stdout": stdout}
 
 
 def directory_bytes(path: Path) -> int:
@@ -210,7 +216,8 @@ def run_pipeline(pipeline: str, corpus: Path, shape: str, args, work: Path) -> d
         seconds = reported.get("encode_seconds", result["seconds"])
     record = {"pipeline": pipeline, "shape": shape, "tokens": tokens, "seconds": seconds,
               "wall_seconds": result["seconds"], "tokens_per_second": tokens / seconds,
-              "peak_rss_bytes": result["peak_rss_bytes"], "output_bytes": directory_bytes(out),
+              "peak_rss_bytes": result["peak_rss_bytes"], "peak_anonymous_bytes": result["peak_anonymous_bytes"],
+              "output_bytes": directory_bytes(out),
               "cache_bytes": directory_bytes(cache)}
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
@@ -232,12 +239,11 @@ def marginal_rates(records: list[dict]) -> None:
         for smaller, larger in zip(runs, runs[1:], strict=False):
             extra = larger["seconds"] - smaller["seconds"]
             larger["marginal_tokens_per_second"] = (larger["tokens"] - smaller["tokens"]) / extra if extra > 0 else None
-            larger["marginal_rss_bytes"] = larger["peak_rss_bytes"] - smaller["peak_rss_bytes"]
 
 
 def print_table(records: list[dict]) -> None:
     print("| shape | pipeline | tokens | wall s | tokens/s | marginal tokens/s | vs baseline | vs tokenizer only "
-          "| peak RSS GB | output MB | cache MB |")
+          "| peak RSS GB (anonymous) | output MB | cache MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for record in records:
         same = [r for r in records if r["shape"] == record["shape"] and r["tokens"] == record["tokens"]]
@@ -247,7 +253,8 @@ def print_table(records: list[dict]) -> None:
               f"| {record['tokens_per_second']:,.0f} | {f'{marginal:,.0f}' if marginal else '-'} "
               f"| {record['tokens_per_second'] / rates.get('baseline', float('nan')):.2f} "
               f"| {record['tokens_per_second'] / rates.get('tokenizer_only', float('nan')):.2f} "
-              f"| {record['peak_rss_bytes'] / 1e9:.2f} | {record['output_bytes'] / 1e6:,.0f} "
+              f"| {record['peak_rss_bytes'] / 1e9:.2f} ({record['peak_anonymous_bytes'] / 1e9:.2f}) "
+              f"| {record['output_bytes'] / 1e6:,.0f} "
               f"| {record['cache_bytes'] / 1e6:,.0f} |")
 
 
@@ -291,7 +298,8 @@ def main(argv=None):
                     records.append({**record, "corpus": f"{shape}_{size}"})
                     print(f"{shape} {record['tokens']:,} tokens {pipeline}: {record['wall_seconds']:.1f} s, "
                           f"{record['tokens_per_second']:,.0f} tokens/s, "
-                          f"peak {record['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)
+                          f"peak {record['peak_rss_bytes'] / 1e9:.2f} GB "
+                          f"({record['peak_anonymous_bytes'] / 1e9:.2f} anonymous)", flush=True)
                 shutil.rmtree(corpus)
     marginal_rates(records)
     for corpus in {r["corpus"] for r in records}:

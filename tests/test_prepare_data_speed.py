@@ -17,7 +17,8 @@ def test_prepare_data_speed_runs_every_pipeline_on_one_corpus(shared_data, tmp_p
     assert [r["pipeline"] for r in records] == list(prepare_data_speed.PIPELINES)
     assert {r["tokens"] for r in records} == {1_812_358}  # one copy of the texts, cut into pages
     for record in records:
-        assert record["peak_rss_bytes"] > 50e6 and record["seconds"] > 0  # the process tree was measured
+        assert record["peak_rss_bytes"] >= record["peak_anonymous_bytes"] > 50e6  # the process tree was measured
+        assert record["seconds"] > 0
     by_name = {r["pipeline"]: r for r in records}
     assert by_name["cached"]["cache_bytes"] > 0 and by_name["streaming"]["cache_bytes"] == 0  # streaming keeps none
     assert by_name["baseline"]["output_bytes"] == 2 * 1_812_358 + 128  # uint16 tokens in one .npy shard
