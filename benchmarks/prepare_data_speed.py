@@ -17,8 +17,9 @@ Four pipelines run on it, each as its own command, with `--num_proc` processes:
 - `tokenizer_only`: tiktoken alone on the same documents, already in memory, split across the processes:
   the rate no pipeline with this tokenizer and these processes can beat.
 For each: wall time from the command to its finished output, tokens/s, peak resident memory of the whole
-process tree (sampled every 50 ms; all of it, and its anonymous part, without the pages of memory-mapped
-files), and bytes on disk (output, and the datasets cache it leaves). Between
+process tree (sampled every 50 ms; all of it, and its proportional anonymous part: no pages of
+memory-mapped files, and pages shared after a fork counted once), and bytes on disk (output, and the
+datasets cache it leaves). Between
 sizes of one shape, the marginal rate (extra tokens over extra seconds) leaves fixed costs out.
 """
 
@@ -153,9 +154,20 @@ def run_tokenizer_only(corpus: Path, text_unit: str, ranks_path: str, num_proc: 
 
 # ---- measuring a command -----------------------------------------------------------------------------------
 
+def anonymous_pss(pid: int) -> int | None:
+    """A process's share of anonymous memory (Linux's Pss_Anon): pages it shares with its forked children
+    count once across them, not once in each."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss_Anon:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def tree_memory(process: psutil.Process) -> tuple[int, int]:
-    """Resident bytes of the process and its descendants, all and anonymous only. The second leaves out
-    pages of files mapped into memory (the Arrow caches datasets reads), which the kernel can drop."""
+    """Bytes of the process and its descendants: resident (RSS, summed), and anonymous (proportional: no
+    pages of memory-mapped files, such as the Arrow caches datasets reads, which the kernel can drop, and
+    each page shared after a fork counted once)."""
     resident = anonymous = 0
     for member in [process, *process.children(recursive=True)]:
         try:
@@ -163,7 +175,8 @@ def tree_memory(process: psutil.Process) -> tuple[int, int]:
         except psutil.Error:
             continue
         resident += info.rss
-        anonymous += info.rss - info.shared
+        proportional = anonymous_pss(member.pid)
+        anonymous += proportional if proportional is not None else info.rss - info.shared
     return resident, anonymous
 
 

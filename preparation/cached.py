@@ -29,7 +29,7 @@ def prepare_cached(corpus: datasets.Dataset, tokenize: DocumentTokenizer, output
     tokenized = tokenized.remove_columns("replacement_chars")
     doc_ids, counts, val_tokens = split_documents(tokenized, requested_val_tokens, block_size, seed, corpus_name)
     packed = datasets.DatasetDict({
-        name: pack_documents(tokenized, ids, block_size, num_proc, name,
+        name: pack_documents(tokenized, ids, block_size, name,
                              step_fingerprint(tokenized, f"pack-{name}", cache_key))
         for name, ids in doc_ids.items()
     })
