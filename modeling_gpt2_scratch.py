@@ -251,7 +251,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
 
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        if not use_cache or (self.gradient_checkpointing and self.training):
+        if not use_cache:  # (merge_with_config_defaults turns it off under gradient checkpointing)
             cache = None
         past_len = cache.get_seq_length() if cache is not None else 0  # a tensor for static caches
         # Under compile a static cache's length is data: the check would break the graph.
@@ -463,7 +463,8 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         `state_dict`: this model's full weights when they are not all here (gathered from FSDP shards).
         """
         fields = {name: getattr(self.config, name) for name in _SHARED_CONFIG_FIELDS}
-        stock = GPT2LMHeadModel(GPT2Config(**fields, attn_implementation=self.config._attn_implementation))
+        # sdpa, stock's default: the backend ours may be switched to (flex, a registered one) need not be stock's
+        stock = GPT2LMHeadModel(GPT2Config(**fields, attn_implementation="sdpa"))
         stock.to(device=self.device, dtype=self.dtype)
         stock.load_state_dict(_swap_conv1d_layout(self.state_dict() if state_dict is None else state_dict), strict=True)
         stock.generation_config = self.generation_config

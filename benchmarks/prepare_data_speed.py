@@ -1,12 +1,12 @@
 """End-to-end speed and memory of prepare_data.py against the reproduction's data pipeline, at scale.
 
-    python benchmarks/prepare_data_speed.py --tokens 10M,30M,100M --output prep.json   # every shape, ~40 min
+    python benchmarks/prepare_data_speed.py --tokens 10M,30M,100M --output prep.json   # every shape, ~25 min
     python benchmarks/prepare_data_speed.py --tokens 2M --shapes paragraphs           # a smoke run, seconds
 
 Three corpus shapes bracket FineWeb-Edu's documents (about 1,000 GPT-2 tokens each):
 - `paragraphs`: the Shakespeare and Milton texts, one document per paragraph (about 50 tokens);
 - `pages`: the same texts cut into 4,000-character documents (about 1,000 tokens, a web page);
-- `files`: Python's standard library, one document per source file (about 5,000 tokens).
+- `files`: Python's standard library, one document per source file (about 8,500 tokens).
 Each corpus is those texts copied until it holds about `--tokens` GPT-2 tokens, written as local files.
 
 Four pipelines run on it, each as its own command, with `--num_proc` processes:
@@ -72,10 +72,9 @@ def source_texts(shape: str, data_dir: Path) -> list[tuple[str, str]]:
     return [(f"pages_{i:04d}.txt", "\n\n".join(pages[i : i + per_file])) for i in range(0, len(pages), per_file)]
 
 
-def build_corpus(shape: str, data_dir: Path, tokens: int, target: Path, bytes_per_token: float) -> Path:
-    """Copies of the shape's texts, flat in `target`, until they hold about `tokens` tokens."""
+def build_corpus(texts: list[tuple[str, str]], tokens: int, target: Path, bytes_per_token: float) -> Path:
+    """Copies of `texts` (`source_texts`), flat in `target`, until they hold about `tokens` tokens."""
     target.mkdir(parents=True)
-    texts = source_texts(shape, data_dir)
     copy_bytes = sum(len(t.encode()) for _, t in texts)
     copies = max(1, round(tokens * bytes_per_token / copy_bytes))
     for copy in range(copies):
@@ -84,9 +83,9 @@ def build_corpus(shape: str, data_dir: Path, tokens: int, target: Path, bytes_pe
     return target
 
 
-def bytes_per_token(shape: str, data_dir: Path, encoding) -> float:
-    texts = [t for _, t in source_texts(shape, data_dir)][:400]
-    return sum(len(t.encode()) for t in texts) / sum(len(encoding.encode_ordinary(t)) for t in texts)
+def bytes_per_token(texts: list[tuple[str, str]], encoding) -> float:
+    sample = [text for _, text in texts[:400]]
+    return sum(len(t.encode()) for t in sample) / sum(len(encoding.encode_ordinary(t)) for t in sample)
 
 
 def corpus_documents(corpus: Path, text_unit: str):
@@ -303,9 +302,10 @@ def main(argv=None):
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
-            per_token = bytes_per_token(shape, args.data_dir, encoding)
+            texts = source_texts(shape, args.data_dir)
+            per_token = bytes_per_token(texts, encoding)
             for size in sizes:
-                corpus = build_corpus(shape, args.data_dir, size, Path(tmp) / f"{shape}_{size}", per_token)
+                corpus = build_corpus(texts, size, Path(tmp) / f"{shape}_{size}", per_token)
                 for pipeline in args.pipelines.split(","):
                     record = run_pipeline(pipeline, corpus, shape, args, Path(tmp) / "work")
                     records.append({**record, "corpus": f"{shape}_{size}"})

@@ -47,8 +47,10 @@ def load_corpus(source: CorpusSource, num_proc: int = 1) -> datasets.Dataset | d
         raise PrepareError(f"--dataset {source.dataset} needs --data_files")
     local_files = 0
     for pattern in source.data_files or []:
-        matches = [] if "://" in pattern else glob.glob(os.path.expanduser(pattern), recursive=True)
-        if "://" not in pattern and not matches:
+        if "://" in pattern:
+            continue
+        matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+        if not matches:
             raise PrepareError(f"no data found: no file matches {pattern!r}")
         local_files += len(matches)
     kwargs = {}
