@@ -1,4 +1,7 @@
-"""The source documents: a hub dataset or local text/json/parquet/csv files, cached by `datasets` or streamed."""
+"""The source documents: a hub dataset or local text/json/parquet/csv files, cached by `datasets` or streamed.
+
+A hub dataset's files come through `preparation.hub` (pinned, retried, verified); `datasets` then reads them as
+local files, whichever the mode."""
 
 import glob
 import os
@@ -8,12 +11,14 @@ import datasets
 
 from formats.packed_data import LOCAL_BUILDERS
 from preparation import PrepareError
+from preparation.hub import HubDataset, RetryPolicy, download, stream_files
 
 
 @dataclass(frozen=True)
 class CorpusSource:
     dataset: str  # a hub id, or one of LOCAL_BUILDERS for local files
     dataset_config: str | None
+    dataset_revision: str | None  # a hub dataset's branch, tag or commit; None: its main branch
     split: str
     data_files: list[str] | None
     text_column: str
@@ -31,39 +36,44 @@ class CorpusSource:
         """How error messages name the corpus."""
         return str(self.data_files or self.dataset)
 
-    def description(self) -> dict:
-        """The metadata's `source`: what the documents are, not where this machine keeps them."""
+    def description(self, hub: HubDataset | None = None) -> dict:
+        """The metadata's `source`: what the documents are, not where this machine keeps them; a hub dataset's
+        configuration as resolved and the commit its files came from."""
         keys = ("dataset", "split", "data_files", "text_column", "max_documents")
         keys += ("text_unit",) if self.dataset == "text" else ("dataset_config",) if not self.is_local else ()
-        return {key: getattr(self, key) for key in keys}
+        described = {key: getattr(self, key) for key in keys}
+        if hub is not None:
+            described.update(dataset_config=hub.config, dataset_revision=hub.commit,
+                             files=[file.path for file in hub.files])
+        return described
 
 
-def load_corpus(source: CorpusSource, num_proc: int = 1) -> datasets.Dataset | datasets.IterableDataset:
+def load_corpus(source: CorpusSource, num_proc: int = 1, hub: HubDataset | None = None,
+                retries: RetryPolicy | None = None) -> datasets.Dataset | datasets.IterableDataset:
     """The documents, as one text column; refuses missing files, missing columns and empty corpora.
 
     A cached corpus of several files is converted to Arrow by up to `num_proc` processes, files split
-    between them in order (the documents' order is the same for any number)."""
+    between them in order (the documents' order is the same for any number). A hub dataset (`hub`, from
+    `preparation.hub.locate`) is downloaded by `num_proc` threads first, or streamed a file at a time."""
     if source.is_local and not source.data_files:
         raise PrepareError(f"--dataset {source.dataset} needs --data_files")
-    local_files = 0
-    for pattern in source.data_files or []:
-        if "://" in pattern:
-            continue
-        matches = glob.glob(os.path.expanduser(pattern), recursive=True)
-        if not matches:
-            raise PrepareError(f"no data found: no file matches {pattern!r}")
-        local_files += len(matches)
+    if not source.is_local and hub is None:
+        raise ValueError("a hub dataset is located (preparation.hub.locate) before it is loaded")
+    builder, data_files = (source.dataset, source.data_files) if hub is None else (hub.builder, None)
+    if hub is not None and source.streaming:
+        corpus = stream_files(hub, source.text_column, retries or RetryPolicy())
+        return check_stream(corpus, source)
+    if hub is not None:
+        data_files = {source.split: download(hub, num_proc, retries or RetryPolicy())}
+    local_files = count_local_files(data_files)
     kwargs = {}
-    if source.dataset == "text":
+    if builder == "text":
         kwargs = dict(sample_by=source.text_unit, encoding_errors="replace")
     kwargs.update(split=source.split, cache_dir=source.cache_dir, streaming=source.streaming)
     if not source.streaming and min(num_proc, local_files) > 1:  # datasets warns when a job would get no file
         kwargs["num_proc"] = min(num_proc, local_files)
     try:
-        if source.is_local:
-            corpus = datasets.load_dataset(source.dataset, data_files=source.data_files, **kwargs)
-        else:
-            corpus = datasets.load_dataset(source.dataset, source.dataset_config, **kwargs)
+        corpus = datasets.load_dataset(builder, data_files=data_files, **kwargs)
         if source.streaming:
             return check_stream(corpus, source)
     except FileNotFoundError as error:
@@ -81,6 +91,20 @@ def load_corpus(source: CorpusSource, num_proc: int = 1) -> datasets.Dataset | d
     if len(corpus) == 0:
         raise PrepareError(f"the corpus {source.dataset} {source.data_files or ''} holds no documents")
     return corpus
+
+
+def count_local_files(data_files: list[str] | dict[str, list[str]]) -> int:
+    """How many local files the patterns match; refuses a pattern that matches none."""
+    patterns = [p for group in data_files.values() for p in group] if isinstance(data_files, dict) else data_files
+    count = 0
+    for pattern in patterns:
+        if "://" in pattern:
+            continue
+        matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+        if not matches:
+            raise PrepareError(f"no data found: no file matches {pattern!r}")
+        count += len(matches)
+    return count
 
 
 def check_stream(stream: datasets.IterableDataset, source: CorpusSource) -> datasets.IterableDataset:

@@ -5,8 +5,10 @@ written to Arrow as they come, so only the stream's last partial row is left unt
 the stream's first documents, up to the first document boundary past the validation budget.
 """
 
+import itertools
 import multiprocessing
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -46,29 +48,31 @@ def tokenizer_pool(tokenize: DocumentTokenizer, num_proc: int):
     return context.Pool(num_proc, initializer=_install_tokenizer, initargs=(tokenize,))
 
 
+def tokenized_batches(documents: datasets.IterableDataset, text_column: str, pool) -> Iterator[pa.Table]:
+    """The stream's documents tokenized by the pool, a batch at a time, in order: the one pass over the source."""
+    batches = documents.select_columns([text_column]).iter(batch_size=STREAM_BATCH_DOCUMENTS)
+    return pool.imap(_tokenize_in_worker, (pa.table(batch) for batch in batches))
+
+
 class StreamedSplit:
-    """Rows of one split, packed from a document stream as the pool tokenizes it; stops at the first
-    document boundary past `token_budget`, if one is given."""
+    """Rows of one split, packed from tokenized batches as they come; stops at the first document boundary past
+    `token_budget`, if one is given, and leaves the rest of that batch in `rest` for the next split."""
 
-    def __init__(self, documents, pool, text_column: str, block_size: int, dtype: str,
-                 token_budget: int | None = None):
-        self.documents, self.pool, self.text_column = documents, pool, text_column
-        self.block_size, self.dtype, self.token_budget = block_size, dtype, token_budget
+    def __init__(self, tables: Iterator[pa.Table], block_size: int, dtype: str, token_budget: int | None = None):
+        self.tables, self.block_size, self.dtype, self.token_budget = tables, block_size, dtype, token_budget
         self.counts = {"documents": 0, "tokens": 0, "replacement_chars": 0, "rows": 0}
-
-    def _text_batches(self):
-        for batch in self.documents.select_columns([self.text_column]).iter(batch_size=STREAM_BATCH_DOCUMENTS):
-            yield pa.table(batch)
+        self.rest: list[pa.Table] = []
 
     def packed_batches(self):
         """(n, block_size + 1) arrays of rows, one per tokenized batch of documents."""
         carry = np.empty(0, dtype=self.dtype)
-        for table in self.pool.imap(_tokenize_in_worker, self._text_batches()):
+        for table in self.tables:
             lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
             if self.token_budget is not None:  # keep documents up to the first one that fills the budget
                 needed = self.token_budget - self.counts["tokens"]
-                table = table.slice(0, int(np.searchsorted(np.cumsum(lengths), needed)) + 1)
-                lengths = lengths[: table.num_rows]
+                kept = int(np.searchsorted(np.cumsum(lengths), needed)) + 1
+                self.rest = [table.slice(kept)] if kept < table.num_rows else []
+                table, lengths = table.slice(0, kept), lengths[:kept]
             self.counts["documents"] += table.num_rows
             self.counts["tokens"] += int(lengths.sum())
             self.counts["replacement_chars"] += int(pc.sum(table.column("replacement_chars")).as_py() or 0)
@@ -104,14 +108,13 @@ def prepare_streamed(stream: datasets.IterableDataset, tokenize: DocumentTokeniz
                              "pass a smaller --val_tokens")
     scratch = output_dir / "stream_cache"  # each split's rows as they are packed, before save_to_disk
     scratch.mkdir()
-    column, dtype = tokenize.text_column, tokenize.dtype
-    with tokenizer_pool(tokenize, num_proc) as pool:  # one pool for both splits: workers start once
-        parts = {"validation": StreamedSplit(stream, pool, column, block_size, dtype, val_tokens)}
+    with tokenizer_pool(tokenize, num_proc) as pool:  # one pool and one pass over the source for both splits
+        tables = tokenized_batches(stream, tokenize.text_column, pool)
+        parts = {"validation": StreamedSplit(tables, block_size, tokenize.dtype, val_tokens)}
         built = {"validation": write_split(parts["validation"], features, scratch / "validation.arrow", too_short)}
         if parts["validation"].counts["tokens"] < val_tokens:
             raise too_short
-        held_out = parts["validation"].counts["documents"]
-        parts["train"] = StreamedSplit(stream.skip(held_out), pool, column, block_size, dtype)
+        parts["train"] = StreamedSplit(itertools.chain(parts["validation"].rest, tables), block_size, tokenize.dtype)
         built["train"] = write_split(parts["train"], features, scratch / "train.arrow", too_short)
     datasets.DatasetDict(built).save_to_disk(str(output_dir))
     shutil.rmtree(scratch)

@@ -7,6 +7,7 @@ import tiktoken
 import torch
 from accelerate import Accelerator
 from support.corpus import DOCUMENTS, EOT
+from support.hub import FinewebHub, write_fineweb_edu, write_tokenizer_repo
 from support.paths import shared_data_dir
 from support.tiny import prepare_tiny_data, tiny_config, tiny_run_args
 from tiktoken.load import load_tiktoken_bpe
@@ -16,6 +17,7 @@ from transformers import AutoTokenizer
 import run_pretrain
 from eval.hellaswag import Example
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
+from preparation.tokenizer import tokenizer_from_source
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +97,19 @@ def reference(ranks_file):
     """tiktoken's own GPT-2 encoding (r50k_base's pattern and ranks): the independent reference."""
     return tiktoken.Encoding("r50k_reference", pat_str=r50k_pat_str, mergeable_ranks=load_tiktoken_bpe(ranks_file),
                              special_tokens={"<|endoftext|>": EOT})
+
+
+@pytest.fixture(scope="session")
+def fineweb_hub(shared_data, ranks_file, tmp_path_factory):
+    """A FineWeb-Edu-shaped hub folder (Tiny Shakespeare's paragraphs as 3 shards of `sample-10BT`) and GPT-2's
+    tokenizer as `openai-community/gpt2`: the root a `HubStandIn` serves, and the documents of each shard."""
+    root = tmp_path_factory.mktemp("hub")
+    paragraphs = [p for p in (shared_data / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
+    third = len(paragraphs) // 3
+    shards = [paragraphs[:third], paragraphs[third:2 * third], paragraphs[2 * third:]]
+    paths = write_fineweb_edu(root, shards)
+    write_tokenizer_repo(root, tokenizer_from_source(ranks_file))
+    return FinewebHub(root, dict(zip(paths, shards, strict=True)))
 
 
 @pytest.fixture

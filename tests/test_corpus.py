@@ -7,8 +7,8 @@ from preparation.corpus import CorpusSource, load_corpus
 
 
 def source(data_files, **overrides):
-    fields = dict(dataset="text", dataset_config=None, split="train", data_files=data_files, text_column="text",
-                  text_unit="document", max_documents=None, streaming=False, cache_dir=None)
+    fields = dict(dataset="text", dataset_config=None, dataset_revision=None, split="train", data_files=data_files,
+                  text_column="text", text_unit="document", max_documents=None, streaming=False, cache_dir=None)
     return CorpusSource(**{**fields, **overrides})
 
 

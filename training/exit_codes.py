@@ -1,6 +1,8 @@
-"""Every status `run_pretrain.py` ends with, what it means, and what a job script does about it.
+"""Every status the kit's commands (`run_pretrain.py`, `prepare_data.py`) end with, what it means, and what a job
+script does about it.
 
-The README's table of statuses is this table (a test holds them equal); job scripts requeue on 75 and 76.
+The README's table of statuses is this table (a test holds them equal); job scripts requeue on 75 and 76, and
+retry 69 later.
 """
 
 from enum import IntEnum
@@ -13,6 +15,7 @@ class ExitCode(IntEnum):
     CHECKPOINT_FAILED = 4
     UPLOAD_FAILED = 5
     OUT_OF_MEMORY = 6
+    SOURCE_UNAVAILABLE = 69  # EX_UNAVAILABLE: "a service is unavailable"
     PREEMPTED = 75  # EX_TEMPFAIL: "try again"
     STALLED = 76
 
@@ -27,6 +30,9 @@ MEANING = {
     ExitCode.UPLOAD_FAILED: ("trained and saved, the hub upload failed", "run the printed `hf upload` command"),
     ExitCode.OUT_OF_MEMORY: ("out of device memory at a fixed micro-batch",
                              "`--micro_batch_size auto` or a smaller one"),
+    ExitCode.SOURCE_UNAVAILABLE: ("prepare_data.py: the hub kept failing past the retries (429, 5xx, timeouts, "
+                                  "content not matching its digest); downloads kept",
+                                  "run the same command later: it fetches only what is missing"),
     ExitCode.PREEMPTED: ("preempted (SIGTERM, SIGUSR1): checkpoint saved", "requeue, resume"),
     ExitCode.STALLED: ("a rank stalled, or a peer process was lost", "requeue, resume"),
 }
