@@ -79,11 +79,14 @@ def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, f
 def test_model_card_names_a_hub_dataset_in_its_metadata(tiny_data, tmp_path):
     config = parse_config(tiny_run_args(tiny_data, tmp_path / "run", push_to_hub=True, hub_model_id="me/gpt2-fineweb"))
     data = build_data(config, world_size=1)
-    data.metadata["source"] = {"dataset": "HuggingFaceFW/fineweb-edu", "dataset_config": "sample-10BT"}
+    commit = "4863ab07d7f32b1f0a1ec8d6e1ea1f1c9c1d2e3f"
+    data.metadata["source"] = {"dataset": "HuggingFaceFW/fineweb-edu", "dataset_config": "sample-10BT",
+                               "dataset_revision": commit}
     model = run_pretrain.build_model(config, data)
     card = final_model.model_card(model, data, config, tmp_path / "run")
     assert card.data.datasets == ["HuggingFaceFW/fineweb-edu"]
-    assert "on `HuggingFaceFW/fineweb-edu` (sample-10BT)" in card.text and card.text.count("# gpt2-fineweb") == 1
+    assert f"on `HuggingFaceFW/fineweb-edu` (sample-10BT, revision {commit})" in card.text
+    assert card.text.count("# gpt2-fineweb") == 1
     assert "(no evaluation logged)" in card.text  # no log yet: the table says so instead of inventing scores
 
 

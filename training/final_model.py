@@ -56,7 +56,8 @@ def model_card(model, data: TrainingData, config: RunConfig, output_dir: Path) -
     """The README.md beside the final weights, pushed with them: what was trained, on what, how it scored."""
     source = data.metadata["source"]
     on_hub = not is_local_source(source)
-    subset = f" ({source['dataset_config']})" if source.get("dataset_config") else ""
+    pinned = [source.get("dataset_config"), source.get("dataset_revision") and f"revision {source['dataset_revision']}"]
+    subset = f" ({', '.join(part for part in pinned if part)})" if any(pinned) else ""
     corpus = f"`{source['dataset']}`{subset}" if on_hub else f"local files ({', '.join(source['data_files'])})"
     title = config.hub.hub_model_id.rsplit("/", 1)[-1] if config.hub.hub_model_id else output_dir.resolve().name
     log_path = output_dir / LOG_FILE

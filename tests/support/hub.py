@@ -20,6 +20,7 @@ were being sent at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -40,6 +41,11 @@ import pyarrow.parquet as pq
 from support.paths import REPO_ROOT
 
 GATED, PRIVATE = "gated", "private"
+
+
+@functools.lru_cache(maxsize=256)
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -72,7 +78,7 @@ class Repo:
     def commit(self) -> str:
         digest = hashlib.sha1()
         for path, data in sorted(self.files.items()):
-            digest.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
+            digest.update(path.encode() + b"\0" + sha256_of(data).encode())
         return digest.hexdigest()
 
     def entry(self, path: str) -> dict:
@@ -80,7 +86,7 @@ class Repo:
         git_oid = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
         size = self.advertised.get(path, len(data))
         return {"type": "file", "oid": git_oid, "size": size, "path": path,
-                "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": size, "pointerSize": 134}}
+                "lfs": {"oid": sha256_of(data), "size": size, "pointerSize": 134}}
 
 
 class HubStandIn:
@@ -92,6 +98,7 @@ class HubStandIn:
         self.advertised: dict[str, int] = {}
         self.most_parallel, self._sending = 0, 0
         self._lock = threading.Lock()
+        self._read: dict[tuple[str, str], tuple[tuple, dict[str, bytes]]] = {}
 
     # --- set-up ---
     def set_access(self, repo_id: str, access: str | None):
@@ -145,7 +152,13 @@ class HubStandIn:
         folder = self.root / repo_type / repo_id
         if not folder.is_dir():
             return None
-        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        found = sorted(p for p in folder.rglob("*") if p.is_file())
+        signature = tuple((p, p.stat().st_size, p.stat().st_mtime_ns) for p in found)
+        with self._lock:  # read again only when a file changed
+            if self._read.get((repo_type, repo_id), (None,))[0] != signature:
+                files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in found}
+                self._read[(repo_type, repo_id)] = (signature, files)
+            files = self._read[(repo_type, repo_id)][1]
         return Repo(folder, self.access.get(repo_id), files, self.advertised)
 
     def next_fault(self, path: str, method: str) -> Fault | None:
@@ -259,7 +272,7 @@ def _handler_for(hub: HubStandIn):
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
                 return self.send(fault.status, {"error": f"stand-in fault {fault.status}"}, headers, where)
             data = repo.files[path]
-            sha256 = hashlib.sha256(data).hexdigest()
+            sha256 = sha256_of(data)
             headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"',
                        "X-Linked-Size": len(data), "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             start, end = byte_range(self.headers.get("Range"), len(data))
