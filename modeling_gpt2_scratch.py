@@ -289,15 +289,17 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     memory for the head is one chunk of logits instead of the whole (B * T, vocab) tensor, and no
     matmul is repeated. The head is padded with zero rows to `padded_rows` (their logits masked out)
     so the matmuls have a GPU-friendly width. Logits are taken in the ambient (autocast) precision and
-    reduced in float32.
+    reduced in float32. `grad_enabled` is the caller's grad mode (inside `forward` it is always off, and
+    `needs_input_grad` still says True for a parameter under `torch.no_grad()`): without it, evaluation
+    would pay for two more matmuls a chunk and a float32 copy of the head.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, normalizer, chunk_tokens, padded_rows):
+    def forward(ctx, hidden, weight, targets, normalizer, chunk_tokens, padded_rows, grad_enabled):
         # hidden (N, C); weight (V, C); targets (N,) with IGNORE_INDEX for skipped positions
         vocab = weight.shape[0]
         head = F.pad(weight, (0, 0, 0, padded_rows - vocab))  # (V_padded, C)
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        needs_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
         grad_head = torch.zeros_like(head, dtype=torch.float32) if needs_grad else None
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -325,7 +327,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None, None
 
 
 def align_targets(labels: torch.Tensor | None, shift_labels: torch.Tensor | None) -> torch.Tensor:
@@ -407,6 +409,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
                 normalizer,
                 self.config.loss_chunk_tokens,
                 self.config.padded_vocab_size,
+                torch.is_grad_enabled(),
             )
         return CausalLMOutputWithPast(
             loss=loss,

@@ -1,4 +1,4 @@
-"""The pipeline over a stream (`--streaming`): disk holds only the packed output, never the source.
+"""The pipeline over a stream (`--streaming`): disk holds the packed output and at most one file of the source.
 
 A process pool tokenizes batches of documents in order; rows are cut from the running token stream and
 written to Arrow as they come, so only the stream's last partial row is left untargeted. Validation is

@@ -116,6 +116,25 @@ def test_fused_loss_gradients_match_naive_cross_entropy(ours):
         torch.testing.assert_close(fused[name], param.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_fused_loss_computes_no_gradients_when_autograd_will_not_ask(ours):
+    """Under torch.no_grad() (validation, the micro-batch probe) the head costs its one logits matmul a chunk:
+    2 N C V_padded FLOPs, counted by torch's own FLOP counter against the same forward without the loss."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = tokens(4, 20)
+
+    def flops(**kwargs) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            ours(x, return_logits=False, **kwargs)
+        return counter.get_total_flops()
+
+    head_flops = 2 * x.numel() * ours.config.n_embd * ours.config.padded_vocab_size
+    assert flops(labels=x) - flops() == head_flops
+    with torch.no_grad():
+        loss = ours(x, labels=x, return_logits=False).loss
+    torch.testing.assert_close(loss, ours(x, labels=x).loss.detach())  # the same loss as the logits path
+
+
 def test_attention_mask_path_matches_stock_on_padded_batch(stock, ours):
     x = tokens(3, 12)
     mask = torch.ones_like(x)
