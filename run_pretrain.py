@@ -38,7 +38,16 @@ from training.checkpoints import (
     resolve_resume,
     save_checkpoint,
 )
-from training.data import BatchPlan, TrainingData, batch_order, batch_plan, build_data, rows_per_process, train_batches
+from training.data import (
+    BatchPlan,
+    TrainingData,
+    batch_order,
+    batch_plan,
+    build_data,
+    rows_per_process,
+    train_batches,
+    unguarded_script,
+)
 from training.device import setup_report
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.exit_codes import ExitCode
@@ -166,6 +175,10 @@ def check_before_start(config: RunConfig, output_dir: Path) -> Path | None:
     to resume from, if any."""
     if config.hub.push_to_hub and not config.hub.hub_model_id:
         raise ConfigError("--push_to_hub needs --hub_model_id")
+    if config.data.dataloader_workers and (script := unguarded_script()):
+        raise ConfigError(f"{script} calls run_pretrain.main() at its top level: its DataLoader workers would "
+                          "import it and start the run again. Call it under `if __name__ == \"__main__\":`, or "
+                          "pass --dataloader_workers 0")
     resume_from = resolve_resume(config, output_dir)
     check_run_directory(config, output_dir, resuming=resume_from is not None)
     return resume_from

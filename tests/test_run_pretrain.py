@@ -217,3 +217,37 @@ def test_signals_are_given_back_when_the_loop_raises(tiny_data, tmp_path, monkey
         assert signal.getsignal(signal.SIGTERM) is own_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+SCRIPT = """import signal, sys
+sys.path.insert(0, {root!r})
+import run_pretrain
+
+def train(name):
+    before = signal.getsignal(signal.SIGTERM)
+    status = run_pretrain.main({args!r} + ["--output_dir", {out!r} + name])
+    print(name, int(status), signal.getsignal(signal.SIGTERM) is before, flush=True)
+{calls}"""
+
+
+def test_main_from_a_users_script_runs_under_the_guard_and_refuses_in_one_line_without_it(tiny_data, tmp_path):
+    """DataLoader workers (here 1) come from a fork server, which imports the launching script: a script that
+    calls main() at its top level would start the run again inside it."""
+    args = [a for a in tiny_run_args(tiny_data, tmp_path / "unused", max_steps=2, eval_every=2, save_every=-1,
+                                     dataloader_workers=1) if not a.startswith("--output_dir")]
+    scripts = {"guarded": "if __name__ == '__main__':\n    train('first')\n    train('second')\n",
+               "unguarded": "train('first')\n"}
+    commands = []
+    for name, calls in scripts.items():
+        path = tmp_path / f"{name}.py"
+        path.write_text(SCRIPT.format(root=str(REPO_ROOT), args=args, out=str(tmp_path / name), calls=calls))
+        commands.append([sys.executable, str(path)])
+    guarded, unguarded = run_together(commands, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    statuses = [line for line in guarded.stdout.splitlines() if line.endswith(("True", "False"))]
+    assert statuses == ["first 0 True", "second 0 True"], guarded.stderr[-3000:]
+    assert (tmp_path / "guardedfirst" / "final" / "config.json").exists()
+    assert unguarded.stdout.strip() == "first 2 True", unguarded.stderr[-3000:]
+    line = unguarded.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"run_pretrain.py: error: {tmp_path / 'unguarded.py'} calls run_pretrain.main() at its top")
+    assert "if __name__ == \"__main__\":" in line and "--dataloader_workers 0" in line
+    assert not (tmp_path / "unguardedfirst").exists()  # refused before anything was written

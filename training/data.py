@@ -1,7 +1,12 @@
 """Training data for the loop: which rows each optimizer step trains on, for any number of processes."""
 
+import ast
+import inspect
 import multiprocessing
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -150,6 +155,32 @@ def build_data(config: RunConfig, world_size: int) -> TrainingData:
 def batch_order(data: TrainingData, plan: BatchPlan, seed: int, rank: int, start_step: int) -> TrainBatchOrder:
     """This process's micro-batches of the run, from `start_step` on."""
     return TrainBatchOrder(len(data.train), plan, rank, seed, start_step)
+
+
+def unguarded_script() -> str | None:
+    """The script that is calling into the kit from its top level, not under `if __name__ == "__main__":`, if
+    any. The fork server that starts the DataLoader workers imports the launching script, as spawn does: such a
+    script would run its call again inside the server, and the run would meet a second copy of itself."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:  # an interactive session or `python -c`: nothing to re-import
+        return None
+    caller = next((frame for frame in inspect.stack(context=0) if frame.function == "<module>"
+                   and os.path.abspath(frame.filename) == os.path.abspath(path)), None)
+    if caller is None:
+        return None
+    statement = next((node for node in ast.parse(Path(path).read_text()).body
+                      if node.lineno <= caller.lineno <= node.end_lineno), None)
+    return None if statement is not None and is_main_guard(statement) else path
+
+
+def is_main_guard(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":`, either way round."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare) or len(node.test.comparators) != 1:
+        return False
+    sides = [node.test.left, node.test.comparators[0]]
+    names = {side.id for side in sides if isinstance(side, ast.Name)}
+    constants = {side.value for side in sides if isinstance(side, ast.Constant)}
+    return isinstance(node.test.ops[0], ast.Eq) and names == {"__name__"} and constants == {"__main__"}
 
 
 def worker_context():
