@@ -21,6 +21,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from accelerate.utils.memory import should_reduce_batch_size
 from tqdm.auto import tqdm
 
 from configuration import GPT2ScratchConfig
@@ -53,12 +54,7 @@ from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samp
 from training.exit_codes import ExitCode
 from training.final_model import create_hub_repo, push_final_model, save_final_model
 from training.measurement import ThroughputMeter
-from training.memory import (
-    OutOfMemory,
-    find_micro_batch,
-    is_out_of_memory,
-    out_of_memory_message,
-)
+from training.memory import OutOfMemory, find_micro_batch, out_of_memory_message
 from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step
 from training.watchdog import (
@@ -151,7 +147,7 @@ def train_within_limits(run: Run) -> int:
     try:
         return train(run)
     except RuntimeError as error:  # torch.OutOfMemoryError, the CPU allocator's and cuDNN's; gloo's and NCCL's
-        if is_out_of_memory(error):
+        if should_reduce_batch_size(error):  # CUDA's and the CPU allocator's, cuDNN's and cuBLAS's
             raise OutOfMemory(out_of_memory_message(run.plan.micro_batch, run.data.block_size,
                                                     run.accelerator.device)) from None
         if is_lost_peer(error):

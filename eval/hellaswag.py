@@ -12,6 +12,7 @@ normalises by characters and preprocesses the text, so its numbers differ (see R
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,12 +130,12 @@ def predict(model, tokenizer, examples: list[Example], batch_size: int, device, 
 def evaluate_model(model, tokenizer, examples: list[Example], accelerator=None, batch_size: int = 16,
                    max_length: int | None = None, progress: bool = False, on_batch=None) -> dict:
     """acc and acc_norm over all examples; with an accelerator, each process scores its share and counts add up."""
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     config = getattr(model, "config", None) or accelerator.unwrap_model(model).config
     max_length = max_length or config.n_positions
-    mine = examples[rank::world]
-    with evaluating(model, accelerator) as device:
-        choices = predict(model, tokenizer, mine, batch_size, device, max_length, progress=progress and rank == 0,
+    sharing = accelerator.split_between_processes(examples) if accelerator else nullcontext(examples)
+    main_process = accelerator is None or accelerator.is_main_process
+    with sharing as mine, evaluating(model, accelerator) as device:
+        choices = predict(model, tokenizer, mine, batch_size, device, max_length, progress=progress and main_process,
                           on_batch=on_batch)
     counts = torch.tensor([sum(c[0] == e.label for c, e in zip(choices, mine, strict=True)),
                            sum(c[1] == e.label for c, e in zip(choices, mine, strict=True)), len(mine)],

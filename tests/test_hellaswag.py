@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from support.corpus import write_jsonl
 
 from eval import hellaswag
@@ -43,6 +44,13 @@ class ShardOf:
         self.process_index, self.num_processes, self.device = rank, world, torch.device("cpu")
         self.sent = None
 
+    @property
+    def is_main_process(self):
+        return self.process_index == 0
+
+    def split_between_processes(self, inputs):
+        return PartialState.split_between_processes(self, inputs)  # accelerate's own split, at this stand-in's rank
+
     def autocast(self):
         return torch.autocast("cpu", enabled=False)
 
@@ -59,8 +67,6 @@ def test_two_ranks_add_up_to_the_whole(model, tokenizer, examples):
     correct, correct_norm, total = sum(rank.sent for rank in ranks).tolist()
     assert total == len(examples)
     assert (correct / total, correct_norm / total) == (whole["acc"], whole["acc_norm"])
-
-
 
 
 GOOD = {"ctx": "a b", "endings": ["c", "d", "e", "f"], "label": "2"}
@@ -89,7 +95,5 @@ def test_cli_reports_bad_data_on_one_line(tmp_path, capsys):
 def test_shared_cloze_file_loads(shared_data):
     examples = load_examples(str(shared_data / "cloze_shakespeare_val.jsonl"))
     assert len(examples) == 400 and {e.label for e in examples} == {0, 1, 2, 3}
-
-
 
 

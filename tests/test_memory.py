@@ -64,10 +64,7 @@ def test_nothing_fitting_is_one_clear_error(monkeypatch, accelerator):
         memory.find_micro_batch(model, optimizers, accelerator, rows_per_process=8, block_size=16, vocab_size=101)
 
 
-def test_out_of_memory_is_recognised_as_accelerate_does():
-    assert memory.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert memory.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB"))
-    assert not memory.is_out_of_memory(RuntimeError("shapes cannot be multiplied"))
+def test_out_of_memory_message_says_what_to_do():
     message = memory.out_of_memory_message(64, 1024, torch.device("cuda", 0))
     assert message == ("out of memory at micro-batch 64 x 1024 on cuda:0: pass --micro_batch_size auto or a smaller "
                        "one such as --micro_batch_size 32 (gradient accumulation keeps the tokens per step), or "

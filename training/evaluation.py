@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from eval import hellaswag
+from eval import evaluating, hellaswag
 from eval.val_loss import row_batches, validation_loss, validation_rows
 from training.arguments import RunConfig
 from training.data import TrainingData
@@ -33,20 +33,16 @@ def eager_module(model, accelerator: Accelerator) -> torch.nn.Module:
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
-@torch.no_grad()
 def generate_samples(model, tokenizer, config: RunConfig, accelerator: Accelerator, step: int) -> list[str]:
     """Top-k 50 continuations of the prompt through the model's own `generate`, seeded by the step."""
     unwrapped = eager_module(model, accelerator)
-    unwrapped.eval()
     prompt = tokenizer(config.evaluation.sample_prompt, return_tensors="pt").input_ids.to(accelerator.device)
     prompt = prompt.repeat(config.evaluation.num_samples, 1)
-    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+    with (torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []),
+          evaluating(unwrapped, accelerator)):
         torch.manual_seed(config.data.seed + step)
-        with accelerator.autocast():
-            out = unwrapped.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=50,
-                                     max_new_tokens=config.evaluation.sample_tokens,
-                                     pad_token_id=tokenizer.eos_token_id)
-    unwrapped.train()
+        out = unwrapped.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=50,
+                                 max_new_tokens=config.evaluation.sample_tokens, pad_token_id=tokenizer.eos_token_id)
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 

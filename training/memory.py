@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 from accelerate.utils import find_executable_batch_size
-from accelerate.utils.memory import should_reduce_batch_size
 
 from formats.packed_data import inputs_and_targets, score_next_tokens
 from training.optimizer import hidden_matrices
@@ -75,11 +74,6 @@ def find_micro_batch(model, optimizers, accelerator: Accelerator, rows_per_proce
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
     return int(accelerator.gather(torch.tensor([fits], device=accelerator.device)).min().item())
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Accelerate's test: CUDA and CPU allocation failures, cuDNN's and cuBLAS's out-of-memory errors."""
-    return should_reduce_batch_size(error)
 
 
 def out_of_memory_message(micro_batch: int, block_size: int, device: torch.device) -> str:
