@@ -239,10 +239,11 @@ def build_model(config: RunConfig, data: TrainingData) -> GPT2ScratchForCausalLM
         if data.block_size > model.config.n_positions:
             raise ConfigError(f"data block_size {data.block_size} exceeds {config.model.init_from}'s n_positions")
         return model
-    m = config.model
+    shape = config.model
     model_config = GPT2ScratchConfig(
-        vocab_size=vocab_size, n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
-        resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, bos_token_id=eot_id, eos_token_id=eot_id,
+        vocab_size=vocab_size, n_positions=shape.n_positions, n_embd=shape.n_embd, n_layer=shape.n_layer,
+        n_head=shape.n_head, resid_pdrop=shape.dropout, embd_pdrop=shape.dropout, attn_pdrop=shape.dropout,
+        bos_token_id=eot_id, eos_token_id=eot_id,
     )
     return GPT2ScratchForCausalLM(model_config)
 
@@ -250,13 +251,13 @@ def build_model(config: RunConfig, data: TrainingData) -> GPT2ScratchForCausalLM
 def train(run: Run) -> int:
     """The loop; returns the process exit code (0, preempted, or non-finite)."""
     config, accelerator = run.config, run.accelerator
-    o = config.optimization
+    max_steps, on_nonfinite = config.optimization.max_steps, config.optimization.on_nonfinite
     order = batch_order(run.data, run.plan, config.data.seed, accelerator.process_index, run.start_step)
     batches = train_batches(run.data, order, config, accelerator)
     meter = ThroughputMeter(accelerator.unwrap_model(run.model), run.data.block_size,
                             config.data.total_batch_tokens, accelerator)
     window = LossWindow(accelerator.device)
-    run.progress = tqdm(range(run.start_step, o.max_steps), initial=run.start_step, total=o.max_steps,
+    run.progress = tqdm(range(run.start_step, max_steps), initial=run.start_step, total=max_steps,
                         disable=not accelerator.is_main_process, desc="Training", dynamic_ncols=True)
     with PreemptionFlag() as preemption:
         for step in run.progress:
@@ -267,16 +268,16 @@ def train(run: Run) -> int:
             if overflow:  # fp16's dynamic loss scaling at work: not a broken run
                 run.log.write("overflow", done, scale=accelerator.scaler.get_scale(), loss=result.loss.item())
             if nonfinite:
-                run.log.write("nonfinite", done, action=o.on_nonfinite, loss=result.loss.item(),
+                run.log.write("nonfinite", done, action=on_nonfinite, loss=result.loss.item(),
                               grad_norm=result.grad_norm.item())
-                if o.on_nonfinite == "stop":
+                if on_nonfinite == "stop":
                     accelerator.print(f"step {done}: non-finite loss or gradient norm; stopping without saving")
                     return ExitCode.NONFINITE
             else:
                 window.add(result.loss)
             run.optimizers.schedule_step()
             meter.steps += 1
-            if is_due(done, config.output.log_every, o.max_steps):
+            if is_due(done, config.output.log_every, max_steps):
                 log_training(run, done, window.mean(accelerator), result.grad_norm.item(), order.epoch_of(step),
                              meter.report())
             with meter.paused():
@@ -321,14 +322,14 @@ def log_training(run: Run, done: int, loss: float | None, grad_norm: float, epoc
 
 def run_periodic_jobs(run: Run, done: int, must_save: bool):
     """What is due after optimizer step `done`: validation loss, HellaSwag, samples, a checkpoint."""
-    e, last = run.config.evaluation, run.config.optimization.max_steps
-    if is_due(done, e.eval_every, last):
+    evaluation, last = run.config.evaluation, run.config.optimization.max_steps
+    if is_due(done, evaluation.eval_every, last):
         run.watchdog.beat(done, "validation")
         validate(run, done)
-    if is_due(done, e.hellaswag_every, last):
+    if is_due(done, evaluation.hellaswag_every, last):
         run.watchdog.beat(done, "HellaSwag")
         score_hellaswag(run, done)
-    if is_due(done, e.sample_every, last):
+    if is_due(done, evaluation.sample_every, last):
         run.watchdog.beat(done, "samples")
         write_samples(run, done)
     if is_due(done, run.config.checkpointing.save_every, last) or must_save:

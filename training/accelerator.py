@@ -18,15 +18,15 @@ from training.watchdog import collective_timeout
 
 
 def compile_plugin(config: RunConfig) -> TorchDynamoPlugin | None:
-    a = config.accelerator
-    return TorchDynamoPlugin(backend="inductor", mode=a.compile_mode) if a.compile else None
+    settings = config.accelerator
+    return TorchDynamoPlugin(backend="inductor", mode=settings.compile_mode) if settings.compile else None
 
 
 def ddp_settings(config: RunConfig) -> DistributedDataParallelKwargs:
     # Gradients are views into the all-reduce buckets: one copy less of 124M floats per step.
-    a = config.accelerator
-    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, bucket_cap_mb=a.ddp_bucket_cap_mb,
-                                         comm_hook=DDPCommunicationHookType(a.ddp_comm_hook))
+    settings = config.accelerator
+    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, bucket_cap_mb=settings.ddp_bucket_cap_mb,
+                                         comm_hook=DDPCommunicationHookType(settings.ddp_comm_hook))
 
 
 def process_group_settings(config: RunConfig) -> list[InitProcessGroupKwargs]:
@@ -37,15 +37,15 @@ def process_group_settings(config: RunConfig) -> list[InitProcessGroupKwargs]:
 
 
 def build_accelerator(config: RunConfig) -> Accelerator:
-    a = config.accelerator
+    settings = config.accelerator
     trackers = [t for t in config.output.report_to.split(",") if t and t != "none"]
     accelerator = Accelerator(
-        mixed_precision=device_precision(a.mixed_precision), log_with=trackers or None,
+        mixed_precision=device_precision(settings.mixed_precision), log_with=trackers or None,
         project_dir=config.output.output_dir, dynamo_plugin=compile_plugin(config),
         kwargs_handlers=[ddp_settings(config), *process_group_settings(config)],
     )
     accelerator.register_save_state_pre_hook(save_tied_weights_once)
-    if a.tf32 and has_tf32():
+    if settings.tf32 and has_tf32():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator

@@ -99,7 +99,8 @@ def last_scores(log: dict, data: TrainingData, config: RunConfig, corpus: str, o
 
 def card_text(model, data: TrainingData, config: RunConfig, metadata: ModelCardData, title: str, name: str,
               corpus: str, rows: list[str], has_curves: bool) -> str:
-    c, o, tokens_per_step = model.config, config.optimization, config.data.total_batch_tokens
+    shape, steps, tokens_per_step = model.config, config.optimization.max_steps, config.data.total_batch_tokens
+    parameters = model.num_parameters()
     start = f"from `{config.model.init_from}`" if config.model.init_from else "from scratch"
     stock_gpt2 = config.output.final_format == "gpt2"
     stock_note = (" Saved as a plain GPT-2 (`GPT2LMHeadModel`): any GPT-2 tool loads it, no remote code."
@@ -113,9 +114,9 @@ def card_text(model, data: TrainingData, config: RunConfig, metadata: ModelCardD
 
 # {title}
 
-A GPT-2 language model trained {start} with gpt2-scratch's `run_pretrain.py`: {c.n_layer} layers,
-{c.n_head} heads, width {c.n_embd}, context {c.n_positions}, {model.num_parameters():,} parameters.{stock_note}
-Trained for {o.max_steps:,} optimizer steps of {tokens_per_step:,} tokens ({o.max_steps * tokens_per_step:,} tokens)
+A GPT-2 language model trained {start} with gpt2-scratch's `run_pretrain.py`: {shape.n_layer} layers,
+{shape.n_head} heads, width {shape.n_embd}, context {shape.n_positions}, {parameters:,} parameters.{stock_note}
+Trained for {steps:,} optimizer steps of {tokens_per_step:,} tokens ({steps * tokens_per_step:,} tokens)
 on {corpus}, tokenized with `{data.metadata["tokenizer"]["name_or_path"]}`.
 
 | measure | value |

@@ -48,8 +48,8 @@ class Optimizers:
         self.optimizers = optimizers
         self.schedulers = [build_schedule(optimizer, config) for optimizer in optimizers]
         self.split_matrices = list(split_matrices)  # (whole c_attn weight, its q/k/v views for Muon)
-        o = config.optimization
-        self.momentum_warmup_steps, self.momentum = o.muon_momentum_warmup_steps, o.muon_momentum
+        settings = config.optimization
+        self.momentum_warmup_steps, self.momentum = settings.muon_momentum_warmup_steps, settings.muon_momentum
         self._set_muon_momentum()
 
     @property
@@ -104,42 +104,48 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch
 
     Not passed through accelerator.prepare: a prepared scheduler steps once per process per step.
     """
-    o = config.optimization
-    if o.lr_schedule == "wsd":
-        decay_steps = math.ceil(o.decay_fraction * o.max_steps)
-        return get_wsd_schedule(optimizer, num_warmup_steps=o.warmup_steps, num_decay_steps=decay_steps,
-                                num_training_steps=o.max_steps, decay_type="linear", min_lr_ratio=o.min_lr_ratio)
+    settings = config.optimization
+    if settings.lr_schedule == "wsd":
+        decay_steps = math.ceil(settings.decay_fraction * settings.max_steps)
+        return get_wsd_schedule(optimizer, num_warmup_steps=settings.warmup_steps, num_decay_steps=decay_steps,
+                                num_training_steps=settings.max_steps, decay_type="linear",
+                                min_lr_ratio=settings.min_lr_ratio)
     return get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=o.max_steps, min_lr_rate=o.min_lr_ratio
+        optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.max_steps,
+        min_lr_rate=settings.min_lr_ratio,
     )
 
 
 def build_optimizer(model: nn.Module, config: RunConfig, device: torch.device) -> Optimizers:
-    o = config.optimization
+    settings = config.optimization
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     # Fused on CUDA: one kernel over all parameters, and the step counter is never read back to the host.
     # (On CPU the fused version measured 4% slower on the quick-start model.)
-    adamw = dict(betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon, fused=device.type == "cuda")
+    adamw = dict(betas=(settings.adam_beta1, settings.adam_beta2), eps=settings.adam_epsilon,
+                 fused=device.type == "cuda")
     vectors = {"name": "vectors", "params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}
-    if o.optimizer == "adamw":
-        matrices = {"name": "matrices", "params": [p for _, p in named if p.dim() >= 2], "weight_decay": o.weight_decay}
-        return Optimizers([torch.optim.AdamW([matrices, vectors], lr=o.learning_rate, **adamw)], config)
+    if settings.optimizer == "adamw":
+        matrices = {"name": "matrices", "params": [p for _, p in named if p.dim() >= 2],
+                    "weight_decay": settings.weight_decay}
+        return Optimizers([torch.optim.AdamW([matrices, vectors], lr=settings.learning_rate, **adamw)], config)
 
     hidden = hidden_matrices(model)
     embeddings = [p for name, p in named if p.dim() >= 2 and not name.endswith(HIDDEN_MATRICES)]
     split = []
-    if o.muon_qkv == "split":
+    if settings.muon_qkv == "split":
         split = [(p, qkv_views(p)) for name, p in hidden if name.endswith(QKV_MATRIX)]
         hidden = [(name, p) for name, p in hidden if not name.endswith(QKV_MATRIX)]
     muon_params = [p for _, p in hidden] + [view for _, views in split for view in views]
     muon = torch.optim.Muon(
-        [{"name": "hidden_matrices", "params": muon_params}], lr=o.muon_learning_rate, weight_decay=o.weight_decay,
-        momentum=o.muon_momentum, nesterov=True, adjust_lr_fn=o.muon_adjust_lr,
+        [{"name": "hidden_matrices", "params": muon_params}], lr=settings.muon_learning_rate,
+        weight_decay=settings.weight_decay,
+        momentum=settings.muon_momentum, nesterov=True, adjust_lr_fn=settings.muon_adjust_lr,
     )
-    embedding_lr = o.embedding_learning_rate or o.learning_rate
+    embedding_lr = settings.embedding_learning_rate or settings.learning_rate
     others = torch.optim.AdamW(
-        [{"name": "embeddings", "params": embeddings, "weight_decay": o.weight_decay, "lr": embedding_lr}, vectors],
-        lr=o.learning_rate, **adamw,
+        [{"name": "embeddings", "params": embeddings, "weight_decay": settings.weight_decay, "lr": embedding_lr},
+         vectors],
+        lr=settings.learning_rate, **adamw,
     )
     return Optimizers([muon, others], config, split)
 
