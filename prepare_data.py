@@ -190,7 +190,7 @@ def print_summary(metadata: dict, elapsed: float, disk_bytes: int, output: Path)
                      f"{stats['rows']:>10,} rows")
     share = dropped / total_tokens if total_tokens else 0.0
     lines.append(f"  never a target (packing boundaries): {dropped:,} tokens ({share:.3%})")
-    if metadata["replacement_chars"]:
+    if metadata["replacement_chars"] and metadata["source"]["dataset"] == "text":  # the files the kit decoded
         lines.append(f"  undecodable bytes replaced by U+FFFD: {metadata['replacement_chars']:,}")
     lines.append(f"  {elapsed:.1f} s, {total_tokens / max(elapsed, 1e-9):,.0f} tokens/s, "
                  f"{disk_bytes / 2**20:,.1f} MiB on disk")

@@ -106,6 +106,7 @@ def fineweb_hub(shared_data, ranks_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     paragraphs = [p for p in (shared_data / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
     third = len(paragraphs) // 3
+    paragraphs[5] += " (a U+FFFD the source itself holds: \ufffd)"  # not an undecodable byte of the kit's reading
     shards = [paragraphs[:third], paragraphs[third:2 * third], paragraphs[2 * third:]]
     paths = write_fineweb_edu(root, shards)
     write_tokenizer_repo(root, tokenizer_from_source(ranks_file))

@@ -12,6 +12,7 @@ from support.runs import log_records, losses_in, patched_run_pretrain
 from support.tiny import adamw_config, tiny_config, tiny_run_args
 
 import run_pretrain
+from configuration import GPT2ScratchConfig
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training import memory
 from training.accelerator import CPU_LAUNCH_ENV, launch_command
@@ -85,6 +86,22 @@ def test_the_memory_estimate_of_gpt2_124m_by_hand():
     muon = memory.memory_estimate(model, "muon", 32, 1024, "bf16")
     assert estimate.optimizer - muon.optimizer == 4 * 12 * 12 * 768 * 768  # one moment fewer for the matrices
     assert memory.memory_estimate(model, "adamw", 32, 1024, "no").activations > estimate.activations
+
+
+def test_the_readmes_table_by_card_is_the_estimate_start_up_prints():
+    """README's 'What to run, by card': each row's micro-batch and peak, in GiB as training/device.py prints it,
+    from memory_estimate on the recipe's model (the configs' default shape)."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| card memory |"))
+    rows = [line.strip("|").split("|") for line in lines[start + 2:] if line.startswith("|")]
+    rows = rows[: next((i for i, r in enumerate(rows) if len(r) != 5), len(rows))]
+    with torch.device("meta"):
+        model = GPT2ScratchForCausalLM(GPT2ScratchConfig())  # 124M, the recipe's and the 24 GB config's
+    assert len(rows) == 4
+    for row in rows:
+        micro_batch = int(row[3].split("x")[0])
+        total = memory.memory_estimate(model, "adamw", micro_batch, 1024, "bf16").total
+        assert row[4].strip() == f"{total / 2**30:.1f} GiB", row
 
 
 def test_the_memory_estimate_follows_the_models_own_mlp_width():

@@ -100,6 +100,7 @@ def test_the_readme_fineweb_edu_command_survives_the_hubs_transient_faults(finew
     for mode, result in results.items():
         assert result.returncode == 0, result.stderr[-3000:]
         assert "HTTP 503; trying again" in result.stderr and "did not match the hub's digest" in result.stderr
+        assert "U+FFFD" not in result.stdout  # the kit decoded no bytes of a parquet source
         metadata = json.loads((tmp_path / mode / "prepare_metadata.json").read_text())
         assert metadata["source"]["dataset_revision"] == hubs[0].repo("datasets", FINEWEB_EDU).commit
         assert metadata["source"]["files"] == list(fineweb_hub.shards)

@@ -30,7 +30,8 @@ def test_tiktoken_and_tokenizers_backends_give_identical_ids(ranks_file, tmp_pat
     assert fast.equals(slow)
 
 
-def test_non_utf8_bytes_are_replaced_and_counted(corpus, tmp_path, ranks_file):
+def test_non_utf8_bytes_are_replaced_and_counted(corpus, tmp_path, ranks_file, capsys):
     (corpus / "broken.txt").write_bytes(b"valid start \xff\xfe then more text " * 4)
     metadata = prepare_corpus(corpus, tmp_path / "out", ranks_file)
     assert metadata["replacement_chars"] == 8
+    assert "  undecodable bytes replaced by U+FFFD: 8\n" in capsys.readouterr().out
