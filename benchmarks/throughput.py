@@ -25,15 +25,11 @@ import dataclasses
 import json
 import resource
 import statistics
-import subprocess
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch.profiler import ProfilerActivity, profile
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks import optimizer_comparison
@@ -42,7 +38,17 @@ from formats.packed_data import inputs_and_targets
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training.accelerator import build_accelerator
 from training.arguments import AcceleratorArguments, OptimizationArguments, parse_config, read_yaml_config
-from training.measurement import device_peak_flops, flops_per_token
+from training.measurement import (
+    HostReads,
+    count_cuda_syncs,
+    cuda_driver,
+    device_peak_flops,
+    flops_per_token,
+    measured_matmul_flops,
+    mfu,
+    profile_steps,
+    synchronize,
+)
 from training.optimizer import build_optimizer
 from training.step import finish_step, train_step
 
@@ -107,92 +113,12 @@ class ThroughputSettings:
 TINY = dict(size="tiny", micro_batch=8, seq_len=128, mixed_precision="no", vocab=2048, warmup=2, compile=False)
 
 
-# Operators that copy a device value to the host; on a GPU each one waits for all queued work.
-HOST_READ_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
-                 torch.ops.aten.nonzero.default, torch.ops.aten.equal.default}
-# aten::_scaled_dot_product_<name>_attention... or ..._attention_math: which SDPA implementation ran.
-SDPA_BACKENDS = {"flash": "flash", "cudnn": "cuDNN", "efficient": "memory-efficient", "math": "math"}
-
-
-class HostReads(TorchDispatchMode):
-    """Counts operators that read a device value back to the host while active (eager code only)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func in HOST_READ_OPS
-        return func(*args, **(kwargs or {}))
-
-
-def sdpa_backend(op_name: str) -> str | None:
-    words = op_name.removeprefix("aten::_scaled_dot_product_").split("_")
-    return next((label for key, label in SDPA_BACKENDS.items() if key in words), None)
-
-
-def count_cuda_syncs(run_step) -> int:
-    """Synchronising CUDA operations in one step, as CUDA's sync debug mode reports them (compiled code too)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            run_step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measured_matmul_flops(device, dtype, size: int = 8192, repeats: int = 20) -> float:
-    """FLOP/s of a large square matmul on random data: what this device really delivers, for a second MFU figure."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return repeats * 2 * size**3 / (time.perf_counter() - start)
-
-
 def build(kind: str, size: dict, seq_len: int, vocab: int) -> torch.nn.Module:
     if kind == "ours":
         return GPT2ScratchForCausalLM(GPT2ScratchConfig(vocab_size=vocab, n_positions=seq_len, **size))
     config = GPT2Config(vocab_size=vocab, n_positions=seq_len, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         attn_implementation="sdpa", **size)
     return GPT2LMHeadModel(config)
-
-
-def profile_steps(run_step, steps: int, device: torch.device, top: int, trace_path: Path | None) -> dict:
-    """Where a step's time goes: top kernels (GPU) or operators (CPU), and the SDPA implementation that ran."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            run_step()
-        synchronize(device)
-    if trace_path is not None:
-        prof.export_chrome_trace(str(trace_path))
-    events = prof.key_averages()
-    if device.type == "cuda":  # kernels, by the time they occupy the GPU
-        timed = [(e.key, e.self_device_time_total) for e in events if e.device_type.name == "CUDA"]
-    else:
-        timed = [(e.key, e.self_cpu_time_total) for e in events]
-    timed = sorted((t for t in timed if t[1] > 0), key=lambda t: -t[1])
-    total = sum(t for _, t in timed)
-    attention_ops = sorted(e.key for e in events if e.key.startswith("aten::_scaled_dot_product_")
-                           and not e.key.endswith("_backward"))
-    return {
-        "top": [{"name": name, "ms_per_step": t / 1000 / steps, "share": t / total} for name, t in timed[:top]],
-        "attention_ops": attention_ops,
-        "attention_backend": sorted({sdpa_backend(op) for op in attention_ops} - {None}),
-    }
 
 
 def benchmark(kind: str, args: ThroughputSettings, accelerator: Accelerator, run_config, peak: float | None,
@@ -235,10 +161,9 @@ def benchmark(kind: str, args: ThroughputSettings, accelerator: Accelerator, run
         "peak_process_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     # Model FLOPs of each model's own matrices and unpadded head (ours pads 50,257 to 50,304): like with like.
-    model_flops = flops_per_token(accelerator.unwrap_model(model), args.seq_len) * tokens / step_time
-    n = accelerator.num_processes
-    result["mfu_vs_datasheet"] = model_flops / (peak * n) if peak else None
-    result["mfu_vs_measured_matmul"] = model_flops / (matmul * n) if matmul else None
+    per_token, n = flops_per_token(accelerator.unwrap_model(model), args.seq_len), accelerator.num_processes
+    result["mfu_vs_datasheet"] = mfu(tokens / step_time, per_token, peak * n if peak else None)
+    result["mfu_vs_measured_matmul"] = mfu(tokens / step_time, per_token, matmul * n if matmul else None)
     if not args.compile:  # a dispatch mode sees eager operators only
         with HostReads() as reads:
             train_step(model, batches, args.accumulation, run_config, accelerator)
@@ -353,16 +278,6 @@ def measure(settings: ThroughputSettings) -> dict:
 
 def main(argv=None) -> dict:
     return measure(parse_args(argv))
-
-
-def cuda_driver() -> str | None:
-    """The NVIDIA driver version, as nvidia-smi prints it."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
-    except (OSError, IndexError, subprocess.SubprocessError):
-        return None
 
 
 if __name__ == "__main__":

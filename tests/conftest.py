@@ -1,5 +1,6 @@
 """The suite's fixtures; the helpers they and the tests share live in `support/`, by concern."""
 
+import json
 import random
 
 import pytest
@@ -7,7 +8,7 @@ import tiktoken
 import torch
 from accelerate import Accelerator
 from support.corpus import DOCUMENTS, EOT
-from support.hub import FinewebHub, write_fineweb_edu, write_tokenizer_repo
+from support.hub import FinewebHub, write_fineweb_edu, write_hellaswag, write_tokenizer_repo
 from support.paths import shared_data_dir
 from support.tiny import prepare_tiny_data, tiny_config, tiny_run_args
 from tiktoken.load import load_tiktoken_bpe
@@ -101,8 +102,9 @@ def reference(ranks_file):
 
 @pytest.fixture(scope="session")
 def fineweb_hub(shared_data, ranks_file, tmp_path_factory):
-    """A FineWeb-Edu-shaped hub folder (Tiny Shakespeare's paragraphs as 3 shards of `sample-10BT`) and GPT-2's
-    tokenizer as `openai-community/gpt2`: the root a `HubStandIn` serves, and the documents of each shard."""
+    """A FineWeb-Edu-shaped hub folder (Tiny Shakespeare's paragraphs as 3 shards of `sample-10BT`), GPT-2's
+    tokenizer as `openai-community/gpt2` and the cloze set as `Rowan/hellaswag`'s validation split: the root a
+    `HubStandIn` serves, and the documents of each shard."""
     root = tmp_path_factory.mktemp("hub")
     paragraphs = [p for p in (shared_data / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
     third = len(paragraphs) // 3
@@ -110,6 +112,8 @@ def fineweb_hub(shared_data, ranks_file, tmp_path_factory):
     shards = [paragraphs[:third], paragraphs[third:2 * third], paragraphs[2 * third:]]
     paths = write_fineweb_edu(root, shards)
     write_tokenizer_repo(root, tokenizer_from_source(ranks_file))
+    cloze = (shared_data / "cloze_shakespeare_val.jsonl").read_text().splitlines()
+    write_hellaswag(root, [json.loads(line) for line in cloze if line.strip()])
     return FinewebHub(root, dict(zip(paths, shards, strict=True)))
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from benchmarks.throughput import sdpa_backend
 from training import device
+from training.measurement import sdpa_backend
 
 
 @pytest.mark.parametrize("has_cuda,has_bf16,expected", [(True, True, "bf16"), (True, False, "fp16"),

@@ -12,6 +12,7 @@ from support.tiny import tiny_run_args
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 import run_pretrain
+from eval.parity import assert_same_network
 from modeling_gpt2_scratch import GPT2ScratchForCausalLM
 from training import final_model
 from training.arguments import parse_config
@@ -62,7 +63,7 @@ def test_push_to_hub_uploads_the_saved_model_and_its_card(tiny_data, tmp_path, f
     ours = GPT2ScratchForCausalLM.from_pretrained(out / "final").eval()  # our class reads a plain GPT-2 too
     stock = GPT2LMHeadModel.from_pretrained(pushed).eval()  # what the hub got loads with no remote code
     ids = torch.tensor([[1, 5, 9, 2, 7]])
-    torch.testing.assert_close(stock(ids).logits, ours(ids, return_logits=True).logits, rtol=1e-5, atol=1e-5)
+    assert_same_network(stock(ids).logits, ours(ids, return_logits=True).logits)
     card = ModelCard.load(pushed / "README.md")
     assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-generation")
     [(_, val_loss)] = losses_in(out / "log.jsonl", "eval", "val_loss")
@@ -140,7 +141,7 @@ def test_our_class_continues_training_from_final(tiny_data, trained_run, tmp_pat
     stock = GPT2LMHeadModel.from_pretrained(trained_run / "final").eval()
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-5)
+        assert_same_network(ours(ids).logits, stock(ids).logits)
     assert run_pretrain.main(tiny_run_args(tiny_data, tmp_path / "more", init_from=trained_run / "final",
                                            max_steps=2)) == 0
 
@@ -152,6 +153,6 @@ def test_the_scratch_format_is_this_models_class_behind_remote_code(trained_run,
     stock = GPT2LMHeadModel.from_pretrained(trained_run / "final").eval()  # the same training, saved plain
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-5)
+        assert_same_network(ours(ids).logits, stock(ids).logits)
     card = (trained_scratch_run / "final" / "README.md").read_text()
     assert "trust_remote_code=True" in card

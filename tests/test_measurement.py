@@ -1,4 +1,4 @@
-"""training/measurement.py: model FLOPs by hand, and the throughput meter's clock."""
+"""training/measurement.py: model FLOPs by hand, the throughput meter's clock, host reads and SDPA's names."""
 
 
 import torch
@@ -43,3 +43,22 @@ def test_throughput_meter_leaves_out_paused_time(accelerator, monkeypatch):
     report = meter.report()
     assert report["tokens_per_second"] == 4 * 512 / 2.0  # 5 s of wall clock, 3 of them paused
     assert report["mfu"] is None and (meter.steps, meter.excluded) == (0, 0.0)
+
+
+def test_host_read_counter_sees_item_bool_and_nonzero():
+    x = torch.arange(4.0)
+    with measurement.HostReads() as reads:
+        y = (x * 2).sum()  # stays on the device
+        y.item()
+        bool(x[1] > 0)
+        x.nonzero()
+    assert reads.count == 3
+
+
+def test_sdpa_backend_names_match_torch_operators():
+    names = {"_scaled_dot_product_flash_attention": "flash", "_scaled_dot_product_flash_attention_for_cpu": "flash",
+             "_scaled_dot_product_cudnn_attention": "cuDNN", "_scaled_dot_product_efficient_attention":
+             "memory-efficient", "_scaled_dot_product_attention_math": "math"}
+    for op, backend in names.items():
+        assert hasattr(torch.ops.aten, op), op  # the profiler shows these operator names
+        assert measurement.sdpa_backend(f"aten::{op}") == backend

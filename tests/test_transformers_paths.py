@@ -16,6 +16,8 @@ import torch.nn.functional as F
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
+from eval.parity import assert_same_network
+
 PROMPTS = ["def parse(", "import os\nimport", "class Message:\n    def __init__(self, header"]
 NEW_TOKENS = 8
 
@@ -76,7 +78,7 @@ def test_position_ids_follow_the_padding_mask(model_and_stock, left_padding_toke
         padded = model(**batch, position_ids=position_ids).logits
         for row, prompt in enumerate(PROMPTS):
             alone = model(**left_padding_tokenizer([prompt], return_tensors="pt")).logits
-            torch.testing.assert_close(padded[row, -alone.shape[1]:], alone[0], atol=1e-5, rtol=1e-5)
+            assert_same_network(padded[row, -alone.shape[1]:], alone[0])
 
 
 def test_compiled_forward_decodes_with_a_static_cache(trained_scratch_run, left_padding_tokenizer):
@@ -100,8 +102,8 @@ def test_eval_mode_returns_loss_and_logits_like_stock(model_and_stock):
     with torch.no_grad():
         ours, reference = model(ids, labels=labels), stock(ids, labels=labels)
     assert ours.logits is not None and ours.logits.shape == reference.logits.shape
-    torch.testing.assert_close(ours.logits, reference.logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.loss, reference.loss, atol=1e-5, rtol=1e-5)
+    assert_same_network(ours.logits, reference.logits)
+    assert_same_network(ours.loss, reference.loss)
 
 
 def blocks_dataset(vocab_size: int, rows: int = 6, length: int = 16):
@@ -205,4 +207,4 @@ def test_legacy_past_key_values_argument_still_decodes(trained_scratch_run):
         first = model(ids[:, :-1], use_cache=True)
         cache = first.cache if "cache" in first else first.past_key_values
         step = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits[:, -1]
-    torch.testing.assert_close(step, whole, atol=1e-5, rtol=1e-5)
+    assert_same_network(step, whole)

@@ -11,6 +11,7 @@ from accelerate import Accelerator
 
 from training.arguments import AUTO
 from training.data import BatchPlan
+from training.measurement import flash_attention_check
 from training.memory import memory_estimate
 
 
@@ -38,24 +39,18 @@ def expected_attention(device: torch.device, precision: str, n_head: int, head_d
     if device.type != "cuda":
         return "flash (the CPU kernel)"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    q = torch.empty(1, n_head, block_size, head_dim, device=device, dtype=dtype)
-    try:
-        params = torch.backends.cuda.SDPAParams(q, q, q, None, 0.0, True, False)
-        if torch.backends.cuda.can_use_flash_attention(params):
-            return "flash"
-        if torch.backends.cuda.can_use_efficient_attention(params):
-            return "memory-efficient"
-        return "math"
-    except (AttributeError, TypeError, RuntimeError):  # the query API changes between torch releases
+    flash, efficient, _ = flash_attention_check(device, dtype, 1, n_head, block_size, head_dim)
+    if flash is None:  # torch could not be asked: flash from Ampere on in 16-bit
         major = torch.cuda.get_device_capability(device)[0]
         return "flash" if dtype != torch.float32 and major >= 8 else "memory-efficient"
+    return "flash" if flash else "memory-efficient" if efficient else "math"
 
 
 def setup_report(config, plan: BatchPlan, block_size: int, model, accelerator: Accelerator) -> dict:
     """Start-up's account of what the device gets; `summary` is the printed form."""
     device, precision = accelerator.device, accelerator.mixed_precision
-    c = model.config
-    attention = expected_attention(device, precision, c.n_head, c.n_embd // c.n_head, block_size)
+    shape = model.config
+    attention = expected_attention(device, precision, shape.n_head, shape.n_embd // shape.n_head, block_size)
     micro_batch, accumulation = plan.micro_batch, plan.accumulation
     estimate = memory_estimate(model, config.optimization.optimizer, micro_batch, block_size, precision,
                                config.model.gradient_checkpointing)

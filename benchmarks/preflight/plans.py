@@ -41,8 +41,10 @@ def gpu_plan() -> Plan:
         correctness_batch=8, compile_backend="inductor", matmul_size=8192, hellaswag_examples=None,
         hellaswag_batch_sizes=(16, 64), recipe_steps=16,  # 16: the CLI's default batch, 64: the loop's micro-batch
         throughput=dict(size="124m", compile=True, warmup=3, steps=10, profile_steps=1),
-        recipe_prepare_flags=[], recipe_flags=[], recipe_evaluation_flags=["--eval_tokens", "65536"],
-        budgets=dict(environment=10, correctness=60, throughput=100, muon=25, hellaswag=15, recipe=90),
+        recipe_prepare_flags=["--max_documents", "20000"], recipe_flags=[],
+        recipe_evaluation_flags=["--eval_tokens", "65536"],
+        # the recipe's share includes downloading FineWeb-Edu's first sample file (about 2 GB) from the hub
+        budgets=dict(environment=10, correctness=60, throughput=100, muon=25, hellaswag=15, recipe=150),
     )
 
 

@@ -15,18 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.preflight.plans import STAGES, Plan
+from benchmarks.preflight.sources import Sources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
 class Stage:
-    """What a stage's function is given: the plan, where records go, the carried data."""
+    """What a stage's function is given: the plan, where records go, where its inputs come from."""
 
     name: str
     plan: Plan
     output: Path
-    data: Path
+    sources: Sources
 
     def keep(self, partial: dict):
         """Save what the stage has measured so far: killed at its time limit, it still leaves that."""
@@ -54,11 +55,11 @@ def write_record(output: Path, stage: str, record: dict):
     staging.replace(path)
 
 
-def run_stage_here(stage: str, function: Callable[[Stage], dict], plan: Plan, output: Path, data: Path) -> int:
+def run_stage_here(stage: str, function: Callable[[Stage], dict], plan: Plan, output: Path, sources: Sources) -> int:
     """In the child process: one stage, its record written whatever happens."""
     started = time.perf_counter()
     try:
-        record = {"stage": stage, "ok": True, **function(Stage(stage, plan, output, data))}
+        record = {"stage": stage, "ok": True, **function(Stage(stage, plan, output, sources))}
     except Exception as error:
         traceback.print_exc()
         record = {"stage": stage, "ok": False, "error": f"{type(error).__name__}: {error}".splitlines()[0],

@@ -417,6 +417,28 @@ def write_fineweb_edu(root: Path, shards: list[list[str]], repo_id: str = "Huggi
     return paths
 
 
+HELLASWAG_README = """---
+configs:
+- config_name: default
+  data_files:
+  - split: validation
+    path: data/validation-*
+---
+# A HellaSwag-shaped stand-in
+"""
+
+
+def write_hellaswag(root: Path, records: list[dict], repo_id: str = "Rowan/hellaswag"):
+    """A HellaSwag-shaped dataset repository: its validation split as parquet, in HellaSwag's columns."""
+    folder = root / "datasets" / repo_id
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "README.md").write_text(HELLASWAG_README)
+    columns = ("ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "source_id", "split", "split_type",
+               "label")
+    table = pa.table({name: [record.get(name) for record in records] for name in columns})
+    pq.write_table(table, folder / "data" / "validation-00000-of-00001.parquet")
+
+
 def write_tokenizer_repo(root: Path, tokenizer, repo_id: str = "openai-community/gpt2"):
     """A model repository holding a tokenizer's files, as `openai-community/gpt2` holds GPT-2's."""
     tokenizer.save_pretrained(root / "models" / repo_id)
