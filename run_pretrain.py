@@ -54,7 +54,7 @@ from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samp
 from training.exit_codes import ExitCode
 from training.final_model import create_hub_repo, push_final_model, save_final_model
 from training.measurement import ThroughputMeter
-from training.memory import OutOfMemory, find_micro_batch, out_of_memory_message
+from training.memory import OutOfMemory, checkpoint_bytes, find_micro_batch, out_of_memory_message
 from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step
 from training.watchdog import (
@@ -123,7 +123,7 @@ def set_up(config: RunConfig, output_dir: Path, resume_from: Path | None) -> Run
                           "--optimizer adamw here, or a GPU with bf16")
     set_seed(config.data.seed)
     model = build_model(config, data).to(accelerator.device)  # on its device before a fused AdamW sees it
-    check_disk_space(output_dir, model.num_parameters())
+    check_disk_space(output_dir, checkpoint_bytes(model, config.optimization.optimizer))
     if config.hub.push_to_hub:  # once the settings, the data and the model are known good, before training
         create_hub_repo(config, accelerator)
     if config.model.gradient_checkpointing:

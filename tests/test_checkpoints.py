@@ -65,9 +65,9 @@ def test_damage_is_named_and_only_finished_checkpoints_count(accelerator, prepar
 
 def test_a_run_needs_room_for_one_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=10 * 2**30))
-    check_disk_space(tmp_path / "new" / "run", num_parameters=124_000_000)  # 1.6 GB of 10 GiB
+    check_disk_space(tmp_path / "new" / "run", checkpoint_bytes=12 * 124_000_000)  # 1.6 GB of 10 GiB
     with pytest.raises(ConfigError, match=r"has 10.00 GiB free; one checkpoint needs about 12.29 GiB"):
-        check_disk_space(tmp_path, num_parameters=1_000_000_000)  # 12 bytes a parameter, 10% spare
+        check_disk_space(tmp_path, checkpoint_bytes=12 * 1_000_000_000)  # 10% spare
 
 
 def test_a_directory_of_another_run_is_refused_unless_resuming_or_overwriting(tmp_path):

@@ -88,6 +88,22 @@ def test_the_memory_estimate_of_gpt2_124m_by_hand():
     assert memory.memory_estimate(model, "adamw", 32, 1024, "no").activations > estimate.activations
 
 
+def test_a_checkpoint_holds_the_weights_and_the_optimizers_real_state(tmp_path):
+    """Counted against what a checkpoint's optimizer state really holds after a step: AdamW's two moments of every
+    parameter, Muon's one for the blocks' matrices (and AdamW's two for the rest)."""
+    model = GPT2ScratchForCausalLM(tiny_config())
+    parameters = sum(p.numel() for p in model.parameters())
+    for name in ("adamw", "muon"):
+        optimizers = build_optimizer(model, adamw_config(optimizer=name), torch.device("cpu"))
+        model(torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long)).loss.backward()
+        for optimizer in optimizers.optimizers:
+            optimizer.step()
+        state = sum(t.numel() * t.element_size() for optimizer in optimizers.optimizers
+                    for values in optimizer.state.values() for t in values.values() if t.dim() > 0)
+        assert memory.checkpoint_bytes(model, name) == 4 * parameters + state, name
+        model.zero_grad(set_to_none=True)
+
+
 def test_the_readmes_table_by_card_is_the_estimate_start_up_prints():
     """README's 'What to run, by card': each row's micro-batch and peak, in GiB as training/device.py prints it,
     from memory_estimate on the recipe's model (the configs' default shape)."""

@@ -151,9 +151,9 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, data_identity: d
     return manifest["step"]
 
 
-def check_disk_space(output_dir: Path, num_parameters: int):
-    """A checkpoint holds fp32 weights and two AdamW moments: 12 bytes a parameter. Refuse to start without room."""
-    needed = 12 * num_parameters * 1.1
+def check_disk_space(output_dir: Path, checkpoint_bytes: int):
+    """Refuse to start without room for one checkpoint (`training.memory.checkpoint_bytes`), and 10% to spare."""
+    needed = checkpoint_bytes * 1.1
     existing = next(p for p in [output_dir, *output_dir.resolve().parents] if p.exists())
     free = shutil.disk_usage(existing).free
     if free < needed:

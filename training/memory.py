@@ -96,6 +96,13 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
+def checkpoint_bytes(model, optimizer: str) -> int:
+    """What one checkpoint holds: the fp32 weights and the optimizer's state, as `memory_estimate` counts them
+    (AdamW's two moments; Muon's one for the blocks' matrices)."""
+    estimate = memory_estimate(model, optimizer, micro_batch=1, block_size=1, precision="no")
+    return estimate.weights + estimate.optimizer
+
+
 def memory_estimate(model, optimizer: str, micro_batch: int, block_size: int, precision: str,
                     gradient_checkpointing: bool = False) -> MemoryEstimate:
     """fp32 weights and gradients; AdamW's two moments (Muon keeps one for the blocks' matrices, the parameters
