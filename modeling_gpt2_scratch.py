@@ -110,7 +110,6 @@ class CausalSelfAttention(nn.Module):
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.c_proj.is_residual_projection = True
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -149,20 +148,19 @@ class CausalSelfAttention(nn.Module):
 FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
-class MLP(nn.Module):
+class GPT2ScratchMLP(nn.Module):
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.intermediate_size)
         self.act = ACT2FN[FUSED_ACTIVATIONS.get(config.activation_function, config.activation_function)]
         self.c_proj = nn.Linear(config.intermediate_size, config.n_embd)
-        self.c_proj.is_residual_projection = True
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
 
 
-class Block(GradientCheckpointingLayer):
+class GPT2ScratchBlock(GradientCheckpointingLayer):
     """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, config: GPT2ScratchConfig, layer_idx: int):
@@ -170,7 +168,7 @@ class Block(GradientCheckpointingLayer):
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.mlp = MLP(config)
+        self.mlp = GPT2ScratchMLP(config)
 
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
         attended, _ = self.attn(self.ln_1(hidden_states), attention_mask, cache, **kwargs)
@@ -182,7 +180,7 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
     config_class = GPT2ScratchConfig
     config: GPT2ScratchConfig
     base_model_prefix = "transformer"
-    _no_split_modules = ["Block"]
+    _no_split_modules = ["GPT2ScratchBlock"]
     _skip_keys_device_placement = [CACHE_FIELD]
     # What transformers may rely on; each is exercised in tests/test_modeling_gpt2_scratch.py.
     supports_gradient_checkpointing = True
@@ -191,15 +189,17 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True  # any function registered with transformers' AttentionInterface
     _can_compile_fullgraph = True  # static caches and compiled generation
-    _can_record_outputs = {"hidden_states": Block, "attentions": OutputRecorder(CausalSelfAttention, index=1)}
+    _can_record_outputs = {"hidden_states": GPT2ScratchBlock,
+                           "attentions": OutputRecorder(CausalSelfAttention, index=1)}
 
     @torch.no_grad()
     def _init_weights(self, module):
         """GPT-2's initialisation: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            if getattr(module, "is_residual_projection", False):
-                # Two residual additions per block: this keeps the residual stream's variance flat with depth.
+            if "c_proj" in self._name_of(module).split("."):
+                # The attention's and the MLP's c_proj write into the residual stream: two additions per block, so
+                # this keeps the stream's variance flat with depth.
                 std = std / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
@@ -210,6 +210,14 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    def _name_of(self, module: nn.Module) -> str:
+        """The module's path in the model, as nanoGPT finds c_proj: by name (`...c_proj`, or `...c_proj.base_layer`
+        under a PEFT or quantization wrapper), so nothing needs to be set on the layer itself."""
+        names = self.__dict__.get("_module_names")
+        if names is None or module not in names:  # built once, again if a module was swapped in
+            names = self.__dict__["_module_names"] = {m: name for name, m in self.named_modules()}
+        return names.get(module, "")
+
 
 class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
     def __init__(self, config: GPT2ScratchConfig):
@@ -217,7 +225,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
-        self.h = nn.ModuleList([Block(config, layer_idx=i) for i in range(config.n_layer)])
+        self.h = nn.ModuleList([GPT2ScratchBlock(config, layer_idx=i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
         self.post_init()
@@ -431,19 +439,16 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
             if incomplete:
                 raise ValueError(f"{pretrained_model_name_or_path} is not a complete GPT-2 checkpoint: {incomplete}")
             return cls.from_gpt2(stock)
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        except RuntimeError as error:
-            if "ignore_mismatched_sizes" not in str(error):
-                raise
-            # transformers only logs which tensors differ; load once more to name them in the error itself.
-            _, info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, **kwargs, ignore_mismatched_sizes=True,
-                output_loading_info=True,
-            )
+        # One load that reports mismatched shapes instead of raising, so that the error can name every tensor
+        # (transformers' own only logs them); a caller who asked to ignore them still can.
+        wants_info, ignore = kwargs.pop("output_loading_info", False), kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs,
+                                              ignore_mismatched_sizes=True, output_loading_info=True)
+        if info["mismatched_keys"] and not ignore:
             shapes = "; ".join(f"{name}: checkpoint {tuple(a)} vs model {tuple(b)}" for name, a, b in
                                sorted(info["mismatched_keys"]))
-            raise ValueError(f"{pretrained_model_name_or_path} does not fit the config: {shapes}") from None
+            raise ValueError(f"{pretrained_model_name_or_path} does not fit the config: {shapes}")
+        return (model, info) if wants_info else model
 
     @classmethod
     def from_gpt2(cls, stock: GPT2LMHeadModel, pad_vocab_size_multiple: int = 64) -> "GPT2ScratchForCausalLM":

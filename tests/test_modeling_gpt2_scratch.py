@@ -468,6 +468,24 @@ def test_init_statistics_and_initial_loss():
     assert abs(loss - math.log(50257)) < 0.1, loss
 
 
+def test_a_wrapped_residual_projection_is_still_initialised_as_one():
+    """A PEFT or quantization wrapper swaps c_proj for a module holding the layer as `base_layer`: re-initialised
+    there (missing weights after loading), it keeps GPT-2's scaled std, and c_fc its plain one."""
+    class Wrapped(torch.nn.Module):  # the shape of peft's LoRA layer: the original Linear as base_layer
+        def __init__(self, base):
+            super().__init__()
+            self.base_layer = torch.nn.Linear(base.in_features, base.out_features)
+
+    model = GPT2ScratchForCausalLM(tiny_config(n_embd=96, n_layer=8, n_head=4))
+    block = model.transformer.h[3]
+    block.mlp.c_proj, block.mlp.c_fc = Wrapped(block.mlp.c_proj), Wrapped(block.mlp.c_fc)
+    for layer in (block.mlp.c_proj.base_layer, block.mlp.c_fc.base_layer):
+        model._init_weights(layer)
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    assert abs(block.mlp.c_proj.base_layer.weight.std().item() - residual_std) < 0.1 * residual_std
+    assert abs(block.mlp.c_fc.base_layer.weight.std().item() - 0.02) < 0.002
+
+
 def test_input_longer_than_positions_is_a_clear_error(ours):
     with pytest.raises(ValueError, match="longer than the model's n_positions"):
         ours(tokens(1, 49))

@@ -210,7 +210,7 @@ FSDP2_WORKER = textwrap.dedent("""
         dist.init_process_group("gloo")
     torch.manual_seed(0)
     model = GPT2ScratchForCausalLM(tiny_config(n_embd=48, n_head=4))
-    if sharded:  # as accelerate_configs/fsdp2.yaml shards: each Block, then the root
+    if sharded:  # as accelerate_configs/fsdp2.yaml shards: each GPT2ScratchBlock, then the root
         for block in model.transformer.h:
             fully_shard(block)
         fully_shard(model)
@@ -232,8 +232,8 @@ FSDP2_WORKER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_muon_on_fsdp2_sharded_parameters_matches_one_process(tmp_path):
-    """FSDP2 (torch's fully_shard, per Block as the shipped fsdp2.yaml) over two gloo processes: Muon works on the
-    sharded DTensors as on whole matrices. (Accelerate enables FSDP only on GPUs; this is the same sharding.)
+    """FSDP2 (torch's fully_shard, per GPT2ScratchBlock as the shipped fsdp2.yaml) over two gloo processes: Muon works
+    on the sharded DTensors as on whole matrices. (Accelerate enables FSDP only on GPUs; this is the same sharding.)
     The workers run torch's Newton-Schulz in float32: then every parameter's change after three steps agrees
     with one process's to 1e-3 (measured 2e-4 at most). In bfloat16, as in training, the sharded matmuls
     round differently and the Muon matrices differ by 3-6% of their change (orthogonalizing each shard on
