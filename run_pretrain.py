@@ -12,7 +12,6 @@ push; each ingredient lives in its own module of `training/`. Exit statuses: `tr
 """
 
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,17 +51,12 @@ from training.data import (
 from training.device import setup_report
 from training.evaluation import evaluate_hellaswag, evaluate_loss, generate_samples
 from training.exit_codes import ExitCode
+from training.faults import PreemptionFlag, RunStopped, StallWatchdog, stop_on_lost_peer
 from training.final_model import create_hub_repo, push_final_model, save_final_model
 from training.measurement import ThroughputMeter
 from training.memory import OutOfMemory, checkpoint_bytes, find_micro_batch, out_of_memory_message
 from training.optimizer import Optimizers, build_optimizer
 from training.step import finish_step, train_step
-from training.watchdog import (
-    RunStopped,
-    StallWatchdog,
-    is_lost_peer,
-    lost_peer_message,
-)
 
 
 @dataclass
@@ -150,10 +144,7 @@ def train_within_limits(run: Run) -> int:
         if should_reduce_batch_size(error):  # CUDA's and the CPU allocator's, cuDNN's and cuBLAS's
             raise OutOfMemory(out_of_memory_message(run.plan.micro_batch, run.data.block_size,
                                                     run.accelerator.device)) from None
-        if is_lost_peer(error):
-            # Torn down here, the broken group cannot abort the interpreter's exit (gloo does after a timeout).
-            torch.distributed.destroy_process_group()
-            raise RunStopped(lost_peer_message(run.watchdog)) from None
+        stop_on_lost_peer(error, run.watchdog)
         raise
 
 
@@ -368,28 +359,6 @@ def is_due(step: int, every: int, last_step: int) -> bool:
     if every == NEVER:
         return False
     return (every > 0 and step % every == 0) or step == last_step
-
-
-class PreemptionFlag:
-    """Set by SIGTERM or SIGUSR1 (what SLURM and cloud schedulers send before killing a job) while inside; the
-    handlers that were there before are given back on the way out, however the loop ends."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.raised = False
-        self.previous = {}
-
-    def __enter__(self):
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        self.raised = True
 
 
 if __name__ == "__main__":

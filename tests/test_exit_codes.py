@@ -6,8 +6,8 @@ import run_pretrain
 from training.arguments import ConfigError
 from training.checkpoints import CheckpointError
 from training.exit_codes import MEANING, ExitCode
+from training.faults import RunStopped
 from training.memory import OutOfMemory
-from training.watchdog import RunStopped
 
 
 def readme_statuses() -> dict[int, tuple[str, str]]:

@@ -11,6 +11,7 @@
 - `measurement`: FLOPs, MFU and throughput
 - `checkpoints`: atomic, checksummed checkpoints, resuming from them, and the checks before a run
 - `final_model`: the saved model, its stock GPT-2 export, the model card, and the hub upload
-- `watchdog`: a stalled or lost process ends the run at once, on one line
+- `faults`: what stops a run from outside (preemption, a stalled or lost rank, the collective timeout), each
+  ended on one line
 - `exit_codes`: every status the run ends with
 """

@@ -7,14 +7,13 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DDPCommunicationHookType,
     DistributedDataParallelKwargs,
-    InitProcessGroupKwargs,
     TorchDynamoPlugin,
 )
 
 from training.arguments import RunConfig
 from training.checkpoints import save_tied_weights_once
 from training.device import device_precision, has_tf32
-from training.watchdog import collective_timeout
+from training.faults import process_group_settings
 
 
 def compile_plugin(config: RunConfig) -> TorchDynamoPlugin | None:
@@ -29,20 +28,13 @@ def ddp_settings(config: RunConfig) -> DistributedDataParallelKwargs:
                                          comm_hook=DDPCommunicationHookType(settings.ddp_comm_hook))
 
 
-def process_group_settings(config: RunConfig) -> list[InitProcessGroupKwargs]:
-    """A blocked collective raises soon after the stall watchdog would have fired, not after the library's
-    30 (gloo) or 10 (NCCL) minutes."""
-    timeout = collective_timeout(config.accelerator.stall_timeout_seconds)
-    return [InitProcessGroupKwargs(timeout=timeout)] if timeout else []
-
-
 def build_accelerator(config: RunConfig) -> Accelerator:
     settings = config.accelerator
     trackers = [t for t in config.output.report_to.split(",") if t and t != "none"]
     accelerator = Accelerator(
         mixed_precision=device_precision(settings.mixed_precision), log_with=trackers or None,
         project_dir=config.output.output_dir, dynamo_plugin=compile_plugin(config),
-        kwargs_handlers=[ddp_settings(config), *process_group_settings(config)],
+        kwargs_handlers=[ddp_settings(config), *process_group_settings(settings.stall_timeout_seconds)],
     )
     accelerator.register_save_state_pre_hook(save_tied_weights_once)
     if settings.tf32 and has_tf32():

@@ -1,5 +1,7 @@
-"""training/watchdog.py: a rank without progress ends with its stacks and one line; what counts as progress."""
+"""training/faults.py: a rank without progress ends with its stacks and one line; what counts as progress."""
 
+import os
+import signal
 import threading
 import time
 from datetime import timedelta
@@ -7,8 +9,9 @@ from datetime import timedelta
 import pytest
 
 from training.exit_codes import ExitCode
-from training.watchdog import (
+from training.faults import (
     COLLECTIVE_GRACE_SECONDS,
+    PreemptionFlag,
     StallWatchdog,
     collective_timeout,
     is_lost_peer,
@@ -85,3 +88,12 @@ def test_a_timeout_of_zero_starts_no_thread_and_the_process_group_keeps_its_defa
 def test_lost_peers_are_told_from_other_errors(message, lost):
     # The messages are those gloo raised here when a peer was SIGKILLed, or stopped past the timeout.
     assert is_lost_peer(RuntimeError(message)) is lost
+
+
+def test_preemption_is_a_flag_inside_and_the_previous_handlers_come_back():
+    before = signal.getsignal(signal.SIGUSR1)
+    with PreemptionFlag() as preemption:
+        assert not preemption.raised
+        os.kill(os.getpid(), signal.SIGUSR1)  # what SLURM sends before the end of a job's time
+        assert preemption.raised
+    assert signal.getsignal(signal.SIGUSR1) is before

@@ -1,13 +1,21 @@
-"""A run that cannot go on ends at once: a stalled process, or a lost one, ends every rank that notices it with
-one line and exit status 76, which a job script requeues on as it does on 75.
+"""Everything that can stop a run from outside its own arithmetic, in one place: what the loop does about each.
 
-Without this, a rank that stops making progress (a hung GPU, a dead file system, a stuck data worker) leaves
-the others waiting in their next collective for the process group's timeout, 30 minutes on gloo and 10 on
-NCCL, in silence; and a lost peer under a per-rank launch surfaces as a long gloo or NCCL traceback.
+- preemption (`PreemptionFlag`): SIGTERM or SIGUSR1 finishes the step, saves a checkpoint and exits 75;
+- a stalled rank (`StallWatchdog`): no progress for the timeout ends it with every thread's stack, one line and
+  exit 76;
+- a lost peer (`stop_on_lost_peer`): a closed connection or a timed-out collective ends every surviving rank
+  with one line and 76, after tearing the broken process group down;
+- the collective timeout (`process_group_settings`): tied to the stall timeout, so the watchdog speaks first.
+
+Job scripts requeue on 75 and 76. Without this, a rank that stops making progress (a hung GPU, a dead file
+system, a stuck data worker) leaves the others waiting in their next collective for the process group's
+timeout, 30 minutes on gloo and 10 on NCCL, in silence; and a lost peer under a per-rank launch surfaces as a
+long gloo or NCCL traceback.
 """
 
 import faulthandler
 import os
+import signal
 import sys
 import threading
 import time
@@ -16,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
+from accelerate.utils import InitProcessGroupKwargs
 
 from training.exit_codes import ExitCode
 
@@ -32,6 +41,35 @@ class RunStopped(Exception):
 def collective_timeout(stall_timeout_seconds: int) -> timedelta | None:
     """The process group's collective timeout tied to the stall timeout (None: the library's default)."""
     return timedelta(seconds=stall_timeout_seconds + COLLECTIVE_GRACE_SECONDS) if stall_timeout_seconds > 0 else None
+
+
+def process_group_settings(stall_timeout_seconds: int) -> list[InitProcessGroupKwargs]:
+    """A blocked collective raises soon after the stall watchdog would have fired, not after the library's
+    30 (gloo) or 10 (NCCL) minutes."""
+    timeout = collective_timeout(stall_timeout_seconds)
+    return [InitProcessGroupKwargs(timeout=timeout)] if timeout else []
+
+
+class PreemptionFlag:
+    """Set by SIGTERM or SIGUSR1 (what SLURM and cloud schedulers send before killing a job) while inside; the
+    handlers that were there before are given back on the way out, however the loop ends."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.raised = False
+        self.previous = {}
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.raised = True
 
 
 class StallWatchdog:
@@ -134,3 +172,11 @@ def is_lost_peer(error: BaseException) -> bool:
 
 def lost_peer_message(watchdog: StallWatchdog) -> str:
     return f"rank {watchdog.rank} lost a peer process at {watchdog.where()}; {RESUME_HINT}"
+
+
+def stop_on_lost_peer(error: BaseException, watchdog: StallWatchdog):
+    """If `error` says a peer was lost: tear the broken group down and raise RunStopped (one line, 76)."""
+    if is_lost_peer(error):
+        # Torn down here, the broken group cannot abort the interpreter's exit (gloo does after a timeout).
+        torch.distributed.destroy_process_group()
+        raise RunStopped(lost_peer_message(watchdog)) from None
