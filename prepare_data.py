@@ -1,8 +1,8 @@
 """Tokenize a text corpus into packed blocks of GPT-2 tokens, saved as an Arrow `DatasetDict`.
 
     python prepare_data.py --output_dir data/fineweb_edu_10B                # FineWeb-Edu sample-10BT, pinned
-    python prepare_data.py --dataset text --data_files '../shared/data/shakespeare/*.txt' \
-        --tokenizer ../shared/data/gpt2.tiktoken --output_dir data/shakespeare
+    python prepare_data.py --dataset text --data_files 'books/*.txt' --text_unit paragraph \
+        --output_dir data/books                                              # your own text files
 
 The pipeline, each step a `datasets` operation that keeps memory bounded (the steps live in `preparation/`):
 1. load the corpus (hub dataset or local text/json/parquet files), cached or `--streaming`; a hub dataset is

@@ -1,7 +1,7 @@
 """HellaSwag the reproduction's way: batched, sharded across processes, usable inside the training loop.
 
     python -m eval.hellaswag --model outputs/gpt2_124m/final                       # hub's Rowan/hellaswag
-    python -m eval.hellaswag --model openai-community/gpt2 --data ../shared/data/cloze_shakespeare_val.jsonl
+    python -m eval.hellaswag --model openai-community/gpt2 --data my_hellaswag.jsonl     # any HellaSwag-schema file
 
 Each example's context is followed by each of its 4 endings (with a leading space); an ending's score
 is the model's cross-entropy over the ending's tokens only. `acc_norm` picks the lowest mean (per token),

@@ -1,6 +1,6 @@
 """Run lm-eval's HellaSwag scoring on a local HellaSwag-schema JSONL file.
 
-    python -m eval.lm_eval_local --model outputs/gpt2_124m/final --data ../shared/data/cloze_shakespeare_val.jsonl
+    python -m eval.lm_eval_local --model outputs/gpt2_124m/final --data data/hellaswag_local.jsonl
 
 Same as `lm_eval --model hf --model_args pretrained=MODEL --tasks hellaswag_local --include_path
 eval/lm_eval_tasks`, with the task's data file set to --data. A run's final/ is a plain GPT-2 by default;

@@ -1,4 +1,4 @@
-"""training/faults.py: a rank without progress ends with its stacks and one line; what counts as progress."""
+"""training/faults.py: preemption, a stalled rank (its stacks and one line), what counts as progress, lost peers."""
 
 import os
 import signal

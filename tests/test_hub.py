@@ -9,7 +9,7 @@ import shutil
 import httpx2
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
-from support.hub import GATED, PRIVATE, HubStandIn, fineweb_edu_shard, prepare_command
+from support.hub import GATED, PRIVATE, HubStandIn, fineweb_edu_shard, prepare_command, readme_command
 from support.runs import run_together
 
 from formats.packed_data import FINEWEB_EDU
@@ -117,7 +117,11 @@ def test_the_commit_is_recorded_and_a_pinned_revision_never_becomes_other_data(f
     shutil.copytree(fineweb_hub.root, root)
     with HubStandIn(root) as hub:
         before = hub.repo("datasets", FINEWEB_EDU).commit
-        result = run_against({"pinned": hub}, tmp_path, {"pinned": ["--dataset_revision", before]})["pinned"]
+        # the README's command that prepares the same data again, its COMMIT this one
+        again = readme_command("python prepare_data.py --output_dir data/fineweb_edu_10B --num_proc 32 --dataset_rev")
+        again[again.index("COMMIT")] = before
+        again[again.index("data/fineweb_edu_10B")] = str(tmp_path / "pinned")
+        (result,) = run_together([prepare_command(hub, tmp_path / "home-pinned", again)], env=dict(os.environ))
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"at commit {before}" in result.stdout
         source = json.loads((tmp_path / "pinned" / "prepare_metadata.json").read_text())["source"]

@@ -38,14 +38,15 @@ def run_script(args, env_extra=None) -> subprocess.CompletedProcess:
                           text=True)
 
 
-def run_together(commands: list[list[str]], env: dict, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+def run_together(commands: list[list[str]], env: dict, timeout: float = 300,
+                 cwd: Path = REPO_ROOT) -> list[subprocess.CompletedProcess]:
     """Independent commands started at once and waited for (each mostly imports on one core: two cores run two),
     with their output as `subprocess.run` would capture it."""
     with tempfile.TemporaryDirectory() as folder:
         started = []
         for i, command in enumerate(commands):
             stdout, stderr = open(Path(folder) / f"{i}.out", "w+"), open(Path(folder) / f"{i}.err", "w+")
-            started.append((command, subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=stdout, stderr=stderr,
+            started.append((command, subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr,
                                                       text=True), stdout, stderr))
         done = []
         for command, process, stdout, stderr in started:
