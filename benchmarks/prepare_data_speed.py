@@ -28,17 +28,18 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's split pattern, as the reproduction got it
+
+from benchmarks.command_cost import measured
+from preparation.output import directory_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,58 +150,6 @@ def run_tokenizer_only(corpus: Path, text_unit: str, ranks_path: str, num_proc: 
     with mp.get_context("forkserver").Pool(num_proc) as pool:
         shares = pool.map(_encode_share, [(str(corpus), text_unit, ranks_path, i, num_proc) for i in range(num_proc)])
     return sum(t for t, _ in shares), max(s for _, s in shares)
-
-
-# ---- measuring a command -----------------------------------------------------------------------------------
-
-def anonymous_pss(pid: int) -> int | None:
-    """A process's share of anonymous memory (Linux's Pss_Anon): pages it shares with its forked children
-    count once across them, not once in each."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            return next(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss_Anon:"))
-    except (OSError, StopIteration):
-        return None
-
-
-def tree_memory(process: psutil.Process) -> tuple[int, int]:
-    """Bytes of the process and its descendants: resident (RSS, summed), and anonymous (proportional: no
-    pages of memory-mapped files, such as the Arrow caches datasets reads, which the kernel can drop, and
-    each page shared after a fork counted once)."""
-    resident = anonymous = 0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            info = member.memory_info()
-        except psutil.Error:
-            continue
-        resident += info.rss
-        proportional = anonymous_pss(member.pid)
-        anonymous += proportional if proportional is not None else info.rss - info.shared
-    return resident, anonymous
-
-
-def measured(command: list[str], env: dict) -> dict:
-    """Wall seconds, the process tree's peak memory (resident, anonymous), and the command's stdout."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    watched, peak, peak_anonymous = psutil.Process(process.pid), 0, 0
-    while process.poll() is None:
-        try:
-            resident, anonymous = tree_memory(watched)
-        except psutil.Error:
-            resident = anonymous = 0
-        peak, peak_anonymous = max(peak, resident), max(peak_anonymous, anonymous)
-        time.sleep(0.05)
-    stdout, stderr = process.communicate()
-    seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-    return {"seconds": seconds, "peak_rss_bytes": peak, "peak_anonymous_bytes": peak_anonymous, "stdout": stdout}
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def run_pipeline(pipeline: str, corpus: Path, shape: str, args, work: Path) -> dict:
