@@ -225,76 +225,79 @@ def parsed_option_names(argv: list[str]):
 
 def check_values(config: RunConfig):
     """Values no run can use, each named on one line; a warm-up longer than the run is only a warning."""
-    m, d, o, a = config.model, config.data, config.optimization, config.accelerator
-    if str(d.micro_batch_size) != AUTO:  # a YAML number, or a flag's text
+    model, data, optim, accel = config.model, config.data, config.optimization, config.accelerator
+    if str(data.micro_batch_size) != AUTO:  # a YAML number, or a flag's text
         try:
-            d.micro_batch_size = int(d.micro_batch_size)
+            data.micro_batch_size = int(data.micro_batch_size)
         except ValueError:
-            raise ConfigError(f"--micro_batch_size {d.micro_batch_size!r} must be a number of rows or auto") from None
-    e, out, c = config.evaluation, config.output, config.checkpointing
+            raise ConfigError(f"--micro_batch_size {data.micro_batch_size!r} must be a number of rows or "
+                              "auto") from None
+    evaluation, output, saving = config.evaluation, config.output, config.checkpointing
     rules = [
-        (m.n_layer > 0 and m.n_head > 0 and m.n_embd > 0 and m.n_positions > 0,
-         f"model sizes must be positive (n_layer {m.n_layer}, n_head {m.n_head}, n_embd {m.n_embd}, "
-         f"n_positions {m.n_positions})"),
-        (m.n_head <= 0 or m.n_embd % m.n_head == 0,
-         f"--n_embd {m.n_embd} is not divisible by --n_head {m.n_head}: each head needs n_embd / n_head dimensions"),
-        (0 <= m.dropout < 1, f"--dropout {m.dropout} must be in [0, 1)"),
-        (d.micro_batch_size == AUTO or d.micro_batch_size > 0, f"--micro_batch_size {d.micro_batch_size} must be "
-                                                               "positive"),
-        (d.total_batch_tokens > 0, f"--total_batch_tokens {d.total_batch_tokens} must be positive"),
-        (d.dataloader_workers >= 0, f"--dataloader_workers {d.dataloader_workers} must be 0 or more"),
-        (o.max_steps > 0, f"--max_steps {o.max_steps} must be positive"),
-        (o.learning_rate > 0, f"--learning_rate {o.learning_rate} must be positive"),
-        (o.muon_learning_rate > 0, f"--muon_learning_rate {o.muon_learning_rate} must be positive"),
-        (o.embedding_learning_rate is None or o.embedding_learning_rate > 0,
-         f"--embedding_learning_rate {o.embedding_learning_rate} must be positive"),
-        (0 <= o.muon_momentum < 1, f"--muon_momentum {o.muon_momentum} must be in [0, 1)"),
-        (o.muon_momentum_warmup_steps >= 0, f"--muon_momentum_warmup_steps {o.muon_momentum_warmup_steps} must be "
-                                            "0 or more"),
-        (0 < o.decay_fraction <= 1, f"--decay_fraction {o.decay_fraction} must be in (0, 1]"),
-        (0 <= o.min_lr_ratio <= 1, f"--min_lr_ratio {o.min_lr_ratio} must be in [0, 1]"),
-        (o.warmup_steps >= 0, f"--warmup_steps {o.warmup_steps} must be 0 or more"),
-        (o.weight_decay >= 0, f"--weight_decay {o.weight_decay} must be 0 or more"),
-        (0 <= o.adam_beta1 < 1 and 0 <= o.adam_beta2 < 1,
-         f"--adam_beta1 {o.adam_beta1} and --adam_beta2 {o.adam_beta2} must be in [0, 1)"),
-        (o.adam_epsilon > 0, f"--adam_epsilon {o.adam_epsilon} must be positive"),
-        (o.max_grad_norm >= 0, f"--max_grad_norm {o.max_grad_norm} must be 0 (off) or positive"),
-        (a.ddp_bucket_cap_mb > 0, f"--ddp_bucket_cap_mb {a.ddp_bucket_cap_mb} must be positive"),
-        (a.stall_timeout_seconds >= 0, f"--stall_timeout_seconds {a.stall_timeout_seconds} must be 0 (off) or "
+        (model.n_layer > 0 and model.n_head > 0 and model.n_embd > 0 and model.n_positions > 0,
+         f"model sizes must be positive (n_layer {model.n_layer}, n_head {model.n_head}, n_embd {model.n_embd}, "
+         f"n_positions {model.n_positions})"),
+        (model.n_head <= 0 or model.n_embd % model.n_head == 0,
+         f"--n_embd {model.n_embd} is not divisible by --n_head {model.n_head}: each head needs n_embd / n_head "
+         "dimensions"),
+        (0 <= model.dropout < 1, f"--dropout {model.dropout} must be in [0, 1)"),
+        (data.micro_batch_size == AUTO or data.micro_batch_size > 0,
+         f"--micro_batch_size {data.micro_batch_size} must be positive"),
+        (data.total_batch_tokens > 0, f"--total_batch_tokens {data.total_batch_tokens} must be positive"),
+        (data.dataloader_workers >= 0, f"--dataloader_workers {data.dataloader_workers} must be 0 or more"),
+        (optim.max_steps > 0, f"--max_steps {optim.max_steps} must be positive"),
+        (optim.learning_rate > 0, f"--learning_rate {optim.learning_rate} must be positive"),
+        (optim.muon_learning_rate > 0, f"--muon_learning_rate {optim.muon_learning_rate} must be positive"),
+        (optim.embedding_learning_rate is None or optim.embedding_learning_rate > 0,
+         f"--embedding_learning_rate {optim.embedding_learning_rate} must be positive"),
+        (0 <= optim.muon_momentum < 1, f"--muon_momentum {optim.muon_momentum} must be in [0, 1)"),
+        (optim.muon_momentum_warmup_steps >= 0,
+         f"--muon_momentum_warmup_steps {optim.muon_momentum_warmup_steps} must be 0 or more"),
+        (0 < optim.decay_fraction <= 1, f"--decay_fraction {optim.decay_fraction} must be in (0, 1]"),
+        (0 <= optim.min_lr_ratio <= 1, f"--min_lr_ratio {optim.min_lr_ratio} must be in [0, 1]"),
+        (optim.warmup_steps >= 0, f"--warmup_steps {optim.warmup_steps} must be 0 or more"),
+        (optim.weight_decay >= 0, f"--weight_decay {optim.weight_decay} must be 0 or more"),
+        (0 <= optim.adam_beta1 < 1 and 0 <= optim.adam_beta2 < 1,
+         f"--adam_beta1 {optim.adam_beta1} and --adam_beta2 {optim.adam_beta2} must be in [0, 1)"),
+        (optim.adam_epsilon > 0, f"--adam_epsilon {optim.adam_epsilon} must be positive"),
+        (optim.max_grad_norm >= 0, f"--max_grad_norm {optim.max_grad_norm} must be 0 (off) or positive"),
+        (accel.ddp_bucket_cap_mb > 0, f"--ddp_bucket_cap_mb {accel.ddp_bucket_cap_mb} must be positive"),
+        (accel.stall_timeout_seconds >= 0, f"--stall_timeout_seconds {accel.stall_timeout_seconds} must be 0 (off) or "
                                        "positive"),
-        (e.eval_tokens > 0, f"--eval_tokens {e.eval_tokens} must be positive"),
-        (e.num_samples > 0 and e.sample_tokens > 0,
-         f"--num_samples {e.num_samples} and --sample_tokens {e.sample_tokens} must be positive"),
-        (c.keep_last >= 0, f"--keep_last {c.keep_last} must be 0 (all) or more"),
+        (evaluation.eval_tokens > 0, f"--eval_tokens {evaluation.eval_tokens} must be positive"),
+        (evaluation.num_samples > 0 and evaluation.sample_tokens > 0,
+         f"--num_samples {evaluation.num_samples} and --sample_tokens {evaluation.sample_tokens} must be positive"),
+        (saving.keep_last >= 0, f"--keep_last {saving.keep_last} must be 0 (all) or more"),
     ]
-    for name, value in (("log_every", out.log_every), ("eval_every", e.eval_every),
-                        ("hellaswag_every", e.hellaswag_every), ("sample_every", e.sample_every),
-                        ("save_every", c.save_every)):
+    for name, value in (("log_every", output.log_every), ("eval_every", evaluation.eval_every),
+                        ("hellaswag_every", evaluation.hellaswag_every), ("sample_every", evaluation.sample_every),
+                        ("save_every", saving.save_every)):
         rules.append((value >= NEVER, f"--{name} {value} must be a step count, 0 (only after the last step) "
                                       "or -1 (never)"))
     for holds, message in rules:
         if not holds:
             raise ConfigError(message)
-    if o.warmup_steps > o.max_steps:
-        warnings.warn(f"--warmup_steps {o.warmup_steps} is longer than the run ({o.max_steps} steps): the learning "
-                      "rate never reaches its peak", stacklevel=2)
+    if optim.warmup_steps > optim.max_steps:
+        warnings.warn(f"--warmup_steps {optim.warmup_steps} is longer than the run ({optim.max_steps} steps): the "
+                      "learning rate never reaches its peak", stacklevel=2)
 
 
 def check_for_inert_options(config: RunConfig, written: set[str]):
     """Options set away from their defaults that the chosen settings would silently ignore: refused when
     `written` on the command line; set by the recipe and made inert by an override there, set back to their
     defaults with a one-line note (`--eval_every -1` on a recipe that sets `eval_tokens`)."""
-    o, e = config.optimization, config.evaluation
+    optim, evaluation = config.optimization, config.evaluation
     muon = ("embedding_learning_rate", "muon_learning_rate", "muon_momentum", "muon_momentum_warmup_steps",
             "muon_adjust_lr", "muon_qkv")
     conditions = [
-        (o.optimizer == "muon", muon, "--optimizer muon"),
-        (o.lr_schedule == "wsd", ("decay_fraction",), "--lr_schedule wsd"),
+        (optim.optimizer == "muon", muon, "--optimizer muon"),
+        (optim.lr_schedule == "wsd", ("decay_fraction",), "--lr_schedule wsd"),
         (config.accelerator.compile, ("compile_mode",), "--compile true"),
         (config.hub.push_to_hub, ("hub_model_id", "hub_private"), "--push_to_hub true"),
-        (e.hellaswag_every != NEVER, ("hellaswag_file",), "--hellaswag_every 0 or more"),
-        (e.sample_every != NEVER, ("sample_prompt", "num_samples", "sample_tokens"), "--sample_every 0 or more"),
-        (e.eval_every != NEVER, ("eval_tokens",), "--eval_every 0 or more"),
+        (evaluation.hellaswag_every != NEVER, ("hellaswag_file",), "--hellaswag_every 0 or more"),
+        (evaluation.sample_every != NEVER, ("sample_prompt", "num_samples", "sample_tokens"),
+         "--sample_every 0 or more"),
+        (evaluation.eval_every != NEVER, ("eval_tokens",), "--eval_every 0 or more"),
         (config.checkpointing.save_every != NEVER, ("keep_last",), "--save_every 0 or more"),
     ]
     for acts, names, needs in conditions:
