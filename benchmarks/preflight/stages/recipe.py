@@ -23,8 +23,12 @@ from training.measurement import flops_per_token, mfu
 
 
 def run(stage: Stage) -> dict:
+    with tempfile.TemporaryDirectory(prefix="gpu_check_recipe_") as work:  # data, checkpoints: gone afterwards
+        return run_in(stage, Path(work))
+
+
+def run_in(stage: Stage, work: Path) -> dict:
     plan = stage.plan
-    work = Path(tempfile.mkdtemp(prefix="gpu_check_recipe_"))
     data_dir, run_dir = work / "data", work / "run"
     cores = str(min(8, os.cpu_count() or 1))
     prepare = [sys.executable, "prepare_data.py", *stage.sources.prepare_flags, "--num_proc", cores,
