@@ -27,13 +27,14 @@ from transformers import HfArgumentParser
 from formats.packed_data import FINEWEB_EDU, read_metadata, saved_rows_sha256, write_metadata
 from preparation import PrepareError, SourceUnavailable
 from preparation.cached import prepare_cached
-from preparation.corpus import CorpusSource, load_corpus
+from preparation.corpus import CorpusSource, load_corpus, text_file_references
 from preparation.hub import HubDataset, RetryPolicy, check_disk_space, locate
 from preparation.output import directory_bytes, holds_this_preparation, staged
 from preparation.splits import PreparedSplits
 from preparation.streaming import prepare_streamed
 from preparation.tokenizer import (
     DocumentTokenizer,
+    FileTokenizer,
     document_tokenizer,
     end_of_text_id,
     tokenizer_from_source,
@@ -121,20 +122,24 @@ def prepare(args: PrepareArguments) -> dict:
     source = args.corpus_source()
     hub = None if source.is_local else locate_on_hub(args, output)
     tokenizer = None if args.train_tokenizer_vocab else tokenizer_from_source(args.tokenizer)  # before the download
-    corpus = load_corpus(source, args.num_proc, hub, args.retry_policy())
+    # Plain-text files are tokenized where they lie, unless a tokenizer is first trained on their text.
+    files = None if args.train_tokenizer_vocab else text_file_references(source)
+    corpus = files if files is not None else load_corpus(source, args.num_proc, hub, args.retry_policy())
     if args.train_tokenizer_vocab:
         tokenizer = train_bpe_tokenizer(corpus, args.text_column, args.train_tokenizer_vocab)
     eot_id = end_of_text_id(tokenizer)  # before anything is written
 
     with staged(output) as staging:
         tokenize = document_tokenizer(tokenizer, eot_id, args.text_column, staging)
+        if files is not None:
+            tokenize = FileTokenizer(tokenize, args.text_unit)
         if args.streaming:
             splits = prepare_streamed(corpus, tokenize, staging, block_size=args.block_size,
                                       requested_val_tokens=args.val_tokens, num_proc=args.num_proc)
         else:
             splits = prepare_cached(corpus, tokenize, staging, block_size=args.block_size,
                                     requested_val_tokens=args.val_tokens, seed=args.seed, num_proc=args.num_proc,
-                                    corpus_name=source.name,
+                                    corpus_name=source.name, max_documents=args.max_documents,
                                     cache_key=[args.to_metadata_key(), len(tokenizer), PIPELINE_VERSION])
         metadata = preparation_metadata(args, source, hub, tokenizer, tokenize, splits)
         metadata["rows_sha256"] = saved_rows_sha256(staging)  # what the data is, wherever it is written again

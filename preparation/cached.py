@@ -13,18 +13,24 @@ from datasets.fingerprint import Hasher
 from preparation import PrepareError
 from preparation.packing import pack_documents
 from preparation.splits import PreparedSplits, carve_validation_rows, split_documents, split_statistics
-from preparation.tokenizer import DocumentTokenizer
+from preparation.tokenizer import DocumentTokenizer, FileTokenizer
 
 
-def prepare_cached(corpus: datasets.Dataset, tokenize: DocumentTokenizer, output_dir: Path, *, block_size: int,
-                   requested_val_tokens: int | None, seed: int, num_proc: int, corpus_name: str,
-                   cache_key: list) -> PreparedSplits:
-    """Tokenize, split, pack and save the splits into `output_dir`."""
+def prepare_cached(corpus: datasets.Dataset, tokenize: DocumentTokenizer | FileTokenizer, output_dir: Path, *,
+                   block_size: int, requested_val_tokens: int | None, seed: int, num_proc: int, corpus_name: str,
+                   cache_key: list, max_documents: int | None = None) -> PreparedSplits:
+    """Tokenize, split, pack and save the splits into `output_dir`. `corpus` holds the documents' text, or
+    references to text files that `tokenize` (a `FileTokenizer`) reads where they lie."""
     num_proc = max(1, min(num_proc, len(corpus)))
     tokenized = corpus.with_format("arrow").map(
-        tokenize, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=[tokenize.text_column],
-        desc="Tokenizing", new_fingerprint=step_fingerprint(corpus, "tokenize", cache_key),
+        tokenize, batched=True, batch_size=tokenize.batch_size, num_proc=num_proc,
+        remove_columns=corpus.column_names, desc="Tokenizing",
+        new_fingerprint=step_fingerprint(corpus, "tokenize", cache_key),
     )
+    if max_documents is not None and len(tokenized) > max_documents:  # files: their documents are known only now
+        tokenized = tokenized.select(range(max_documents))
+    if len(tokenized) == 0:
+        raise PrepareError(f"the corpus {corpus_name} holds no documents")
     replacement_chars = int(pc.sum(tokenized.data.column("replacement_chars")).as_py() or 0)
     tokenized = tokenized.remove_columns("replacement_chars")
     doc_ids, counts, val_tokens = split_documents(tokenized, requested_val_tokens, block_size, seed, corpus_name)

@@ -1,13 +1,20 @@
 """The source documents: a hub dataset or local text/json/parquet/csv files, cached by `datasets` or streamed.
 
 A hub dataset's files come through `preparation.hub` (pinned, retried, verified); `datasets` then reads them as
-local files, whichever the mode."""
+local files, whichever the mode. Local plain-text files in cached mode are read where they lie
+(`text_file_references`): the tokenizing map takes a small dataset of file references and splits each file into
+documents as `datasets`' text builder would (`documents_of_file`), so the text never becomes an Arrow copy."""
 
 import glob
 import os
 from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
 
 import datasets
+import pyarrow as pa
+from datasets.arrow_writer import ArrowWriter
+from datasets.fingerprint import Hasher
 
 from formats.packed_data import LOCAL_BUILDERS
 from preparation import PrepareError
@@ -91,6 +98,50 @@ def load_corpus(source: CorpusSource, num_proc: int = 1, hub: HubDataset | None 
     if len(corpus) == 0:
         raise PrepareError(f"the corpus {source.dataset} {source.data_files or ''} holds no documents")
     return corpus
+
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".7z", ".tar")  # the text builder extracts these
+
+
+def text_file_references(source: CorpusSource) -> datasets.Dataset | None:
+    """Local plain-text files as a dataset of references, one row a file in the order `datasets` reads them:
+    path, size and modification time (so a changed file changes the dataset's fingerprint, and the tokenizing
+    map runs again). None where the files cannot be read where they lie: compressed, or in streaming mode."""
+    if source.dataset != "text" or source.streaming or not source.data_files:
+        return None
+    count_local_files(source.data_files)  # a pattern that matches nothing is refused as the builder path refuses it
+    paths = list(datasets.data_files.DataFilesList.from_patterns(source.data_files))
+    if not paths or any(path.endswith(COMPRESSED) or "://" in path for path in paths):
+        return None
+    stats = [os.stat(path) for path in paths]
+    references = pa.table({"path": paths, "size": [s.st_size for s in stats],
+                           "mtime_ns": [s.st_mtime_ns for s in stats]})
+    # An Arrow file named by its content: the tokenizing map caches its output beside it (an in-memory dataset's
+    # map would keep the whole tokenized corpus in memory), keyed by what the files are.
+    folder = Path(source.cache_dir or datasets.config.HF_DATASETS_CACHE) / "text_file_references"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{Hasher.hash(references.to_pydict())}.arrow"
+    if not path.exists():
+        staging = path.with_suffix(f".{os.getpid()}.tmp")
+        with ArrowWriter(path=str(staging)) as writer:
+            writer.write_table(references)
+            writer.finalize()
+        staging.replace(path)
+    return datasets.Dataset.from_file(str(path))
+
+
+def documents_of_file(path: str, text_unit: str) -> list[str]:
+    """A file's documents exactly as `datasets`' text builder makes them (`sample_by`): UTF-8, undecodable bytes
+    replaced, universal newlines; the whole file, its paragraphs (split at blank lines, empty ones dropped but a
+    last non-empty one), or its lines (split at newlines, without them)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    if text_unit == "document":
+        return [text]
+    if text_unit == "paragraph":
+        pieces = text.split("\n\n")
+        return [piece for piece in pieces[:-1] if piece] + ([pieces[-1]] if pieces[-1] else [])
+    return [line.rstrip("\n") for line in StringIO(text).readlines()]
 
 
 def count_local_files(data_files: list[str] | dict[str, list[str]]) -> int:

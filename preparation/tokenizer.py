@@ -10,6 +10,7 @@ from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unic
 
 from formats.packed_data import row_dtype, tokenizer_dir
 from preparation import PrepareError
+from preparation.corpus import documents_of_file
 
 EOT = "<|endoftext|>"
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -85,6 +86,8 @@ class DocumentTokenizer:
     Pickled into each worker by its source and ids only; the encoder is built lazily in the worker.
     """
 
+    batch_size = 1000  # documents a call
+
     def __init__(self, tokenizer_dir: str, text_column: str, eot_id: int, dtype: str, ranks: dict | None):
         self.tokenizer_dir, self.text_column, self.eot_id = tokenizer_dir, text_column, eot_id
         self.dtype, self.ranks = dtype, ranks
@@ -128,6 +131,22 @@ class DocumentTokenizer:
             "input_ids": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(ids)),
             "replacement_chars": pa.array(replacements, pa.int64()),
         })
+
+
+class FileTokenizer:
+    """`datasets.map` function over file references (`corpus.text_file_references`): each file's documents, read
+    where the file lies, tokenized by a `DocumentTokenizer`; one output row a document, in the file's order."""
+
+    batch_size = 1  # files a call: a file's documents are its output rows
+
+    def __init__(self, documents: DocumentTokenizer, text_unit: str):
+        self.documents, self.text_unit = documents, text_unit
+        self.dtype, self.eot_id, self.backend = documents.dtype, documents.eot_id, documents.backend
+        self.text_column = documents.text_column
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = [text for path in batch.column("path").to_pylist() for text in documents_of_file(path, self.text_unit)]
+        return self.documents(pa.table({self.text_column: pa.array(texts, pa.large_string())}))
 
 
 def document_tokenizer(tokenizer: PreTrainedTokenizerBase, eot_id: int, text_column: str,

@@ -1,9 +1,12 @@
-"""preparation/corpus.py: local files as documents, what the metadata says of them, and corpora refused."""
+"""preparation/corpus.py: local files as documents (through the text builder, or read where they lie), what the
+metadata says of them, and corpora refused."""
+
+import os
 
 import pytest
 
 from preparation import PrepareError
-from preparation.corpus import CorpusSource, load_corpus
+from preparation.corpus import CorpusSource, documents_of_file, load_corpus, text_file_references
 
 
 def source(data_files, **overrides):
@@ -44,3 +47,38 @@ def test_missing_files_columns_and_documents_are_one_line_errors(tmp_path):
     assert len(load_corpus(source([str(tmp_path / "rows.json")], dataset="json", text_column="body"))) == 2
     with pytest.raises(PrepareError, match=r"no column 'text' in the corpus; its columns are \['body'\]"):
         load_corpus(source([str(tmp_path / "rows.json")], dataset="json", streaming=True))
+
+
+TRICKY = {  # what datasets' text builder must split the same way: newline kinds, blank runs, bad bytes, ends
+    "crlf.txt": b"first line\r\nsecond\r\n\r\nnew paragraph\r\n",
+    "old_mac.txt": b"one\rtwo\r\rthree",
+    "blank_runs.txt": b"\n\na\n\n\n\nb\n\n\n",
+    "bad_bytes.txt": b"valid \xff\xfe bytes\n\nmore \xc3(\n",
+    "no_final_newline.txt": b"last paragraph without a newline\n\nend",
+    "empty.txt": b"",
+    "only_newlines.txt": b"\n\n\n",
+}
+
+
+@pytest.mark.parametrize("unit", ["document", "paragraph", "line"])
+def test_files_split_into_the_documents_datasets_text_builder_makes(tmp_path, unit):
+    for name, data in TRICKY.items():
+        (tmp_path / name).write_bytes(data)
+    references = text_file_references(source([str(tmp_path / "*.txt")], text_unit=unit))
+    built = load_corpus(source([str(tmp_path / "*.txt")], text_unit=unit))["text"]  # the builder: the reference
+    ours = [text for path in references["path"] for text in documents_of_file(path, unit)]
+    assert ours == built and len(ours) > len(TRICKY) - 2
+
+
+def test_file_references_change_with_a_file_and_are_none_where_files_cannot_be_read_in_place(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "b.txt").write_text("beta")
+    files = [str(tmp_path / "*.txt")]
+    before = text_file_references(source(files))
+    assert [p.rsplit("/", 1)[1] for p in before["path"]] == ["a.txt", "b.txt"] and before["size"] == [5, 4]
+    os.utime(tmp_path / "b.txt", ns=(1, 1))  # the same bytes, touched
+    assert text_file_references(source(files))._fingerprint != before._fingerprint
+    (tmp_path / "c.txt.gz").write_bytes(b"")
+    assert text_file_references(source([str(tmp_path / "*")])) is None  # compressed: the builder extracts it
+    assert text_file_references(source(files, streaming=True)) is None
+    assert text_file_references(source([str(tmp_path / "*.json")], dataset="json")) is None
