@@ -168,9 +168,11 @@ def locate(repo_id: str, config: str | None, split: str, revision: str | None, d
         builder = asking_the_hub(
             lambda: datasets.load_dataset_builder(repo_id, config, revision=info.sha, data_files=data_files),
             policy, repo_id, f"the file list of {repo_id}")
-    except ValueError as error:  # an unknown configuration
+    except ValueError:
         configs = datasets.get_dataset_config_names(repo_id, revision=info.sha)
-        raise PrepareError(f"{repo_id} has no configuration {config!r}; it has {configs}") from error
+        if config in configs:  # not an unknown configuration: something else is wrong
+            raise
+        raise PrepareError(f"{repo_id} has no configuration {config!r}; it has {configs}") from None
     except FileNotFoundError as error:  # data_files that match nothing, or a repository without data files
         raise PrepareError(f"no data files in {repo_id} at {info.sha[:12]}: {error}") from None
     files_by_split = builder.config.data_files or {}
