@@ -102,8 +102,10 @@ def is_transient(error: BaseException) -> bool:
     found = http_error(error)
     if found is not None:
         return found.response.status_code in TRANSIENT_STATUSES
-    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__module__.startswith("httpx")
-               for e in causes(error))
+    # httpx's transport errors (connect, read, timeouts, a closed connection), named rather than imported: the
+    # HTTP library under huggingface_hub has changed its package name before
+    return any(isinstance(e, (ConnectionError, TimeoutError))
+               or any(kind.__name__ == "TransportError" for kind in type(e).__mro__) for e in causes(error))
 
 
 def describe(error: BaseException) -> str:

@@ -156,7 +156,10 @@ def test_transient_faults_are_throttling_server_errors_timeouts_and_broken_conne
     wrapped.__cause__ = http_failure(503)
     assert is_transient(wrapped)  # huggingface_hub's wrapping of a failed metadata request
     assert is_transient(httpx2.ReadTimeout("slow")) and is_transient(ConnectionResetError())
+    assert is_transient(httpx2.RemoteProtocolError("peer closed connection without sending complete message body"))
     assert not is_transient(ValueError("bad"))
+    status = httpx2.HTTPStatusError("404", request=httpx2.Request("GET", "http://hub/x"), response=httpx2.Response(404))
+    assert not is_transient(status)  # a refusal, not a broken connection
 
 
 def test_the_wait_doubles_up_to_its_cap_and_the_servers_retry_after_wins():
