@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -234,8 +234,6 @@ def gigabytes(size: float) -> str:
 # --- 3. download and check ---
 
 def cached_path(dataset: HubDataset, file: HubFile) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
     found = try_to_load_from_cache(dataset.repo_id, file.path, revision=dataset.commit, repo_type="dataset")
     return found if isinstance(found, str) else None
 
@@ -267,45 +265,51 @@ def refuse_wrong_body(dataset: HubDataset, file: HubFile):
                             "tokenized from it, and running the same command again fetches it again")
 
 
-def download(dataset: HubDataset, num_proc: int, policy: RetryPolicy) -> list[str]:
-    """Every file of the dataset in the hub cache, checked against its digest, in the repository's order.
-
-    `snapshot_download` fetches them in `num_proc` threads and skips those already cached, so a retry or a second
-    run fetches only what is missing. A file whose content does not match is deleted and fetched once more."""
-    patterns = [f.path for f in dataset.files]
-    workers = max(1, min(num_proc, len(patterns)))
+def verified(fetch: Callable[[], list[str]], dataset: HubDataset, files: list[HubFile], workers: int = 1) -> list[str]:
+    """`fetch()` the files (their local paths, in `files`' order) and check each against its digest, in `workers`
+    threads (hashlib releases the GIL). A file whose content does not match is deleted and fetched once more,
+    then refused."""
     for round_ in range(2):
-        folder = with_retries(
-            lambda: snapshot_download(dataset.repo_id, repo_type="dataset", revision=dataset.commit,
-                                      allow_patterns=patterns, max_workers=workers),
-            policy, f"{dataset.repo_id} ({len(patterns)} files)")
-        local = [str(Path(folder) / f.path) for f in dataset.files]
-        with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL: the checks run in parallel
-            matches = list(pool.map(digest_matches, local, dataset.files))
-        wrong = [(path, f) for path, f, ok in zip(local, dataset.files, matches, strict=True) if not ok]
+        local = fetch()
+        with ThreadPoolExecutor(workers) as pool:
+            matches = list(pool.map(digest_matches, local, files))
+        wrong = [(path, file) for path, file, ok in zip(local, files, matches, strict=True) if not ok]
         if not wrong:
             return local
         for path, _ in wrong:
             forget(path)
         if round_ == 1:
             refuse_wrong_body(dataset, wrong[0][1])
-        fetching_again([f for _, f in wrong])
+        fetching_again([file for _, file in wrong])
     raise AssertionError("unreachable")
+
+
+def download(dataset: HubDataset, num_proc: int, policy: RetryPolicy) -> list[str]:
+    """Every file of the dataset in the hub cache, checked against its digest, in the repository's order.
+
+    `snapshot_download` fetches them in `num_proc` threads and skips those already cached, so a retry or a second
+    run fetches only what is missing."""
+    patterns = [f.path for f in dataset.files]
+    workers = max(1, min(num_proc, len(patterns)))
+
+    def fetch() -> list[str]:
+        folder = with_retries(
+            lambda: snapshot_download(dataset.repo_id, repo_type="dataset", revision=dataset.commit,
+                                      allow_patterns=patterns, max_workers=workers),
+            policy, f"{dataset.repo_id} ({len(patterns)} files)")
+        return [str(Path(folder) / path) for path in patterns]
+
+    return verified(fetch, dataset, list(dataset.files), workers)
 
 
 def fetch_one(dataset: HubDataset, file: HubFile, policy: RetryPolicy) -> str:
-    """One file in the hub cache, checked against its digest (fetched once more if it does not match)."""
-    for round_ in range(2):
-        path = with_retries(lambda: hf_hub_download(dataset.repo_id, file.path, repo_type="dataset",
-                                                    revision=dataset.commit),
-                            policy, f"{dataset.repo_id}/{file.path}")
-        if digest_matches(path, file):
-            return path
-        forget(path)
-        if round_ == 1:
-            refuse_wrong_body(dataset, file)
-        fetching_again([file])
-    raise AssertionError("unreachable")
+    """One file in the hub cache, checked against its digest."""
+    def fetch() -> list[str]:
+        return [with_retries(lambda: hf_hub_download(dataset.repo_id, file.path, repo_type="dataset",
+                                                     revision=dataset.commit),
+                             policy, f"{dataset.repo_id}/{file.path}")]
+
+    return verified(fetch, dataset, [file])[0]
 
 
 def stream_files(dataset: HubDataset, text_column: str, policy: RetryPolicy) -> datasets.IterableDataset:
