@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import ExitStack
 
 import httpx2
 import pytest
@@ -58,15 +59,12 @@ def test_a_fault_that_outlasts_the_retries_ends_in_one_line_and_the_next_run_fet
 
 def test_the_hub_refuses_in_one_line_that_says_what_to_do(fineweb_hub, tmp_path):
     names = ("gated", "private", "no_config", "no_revision")
-    hubs = {name: HubStandIn(fineweb_hub.root).__enter__() for name in names}
-    try:
+    with ExitStack() as serving:
+        hubs = {name: serving.enter_context(HubStandIn(fineweb_hub.root)) for name in names}
         hubs["gated"].set_access(FINEWEB_EDU, GATED)
         hubs["private"].set_access(FINEWEB_EDU, PRIVATE)
         results = run_against(hubs, tmp_path, {"gated": [], "private": [], "no_config": ["--dataset_config", "10BT"],
                                                "no_revision": ["--dataset_revision", "v9"]})
-    finally:
-        for hub in hubs.values():
-            hub.__exit__()
     expected = {"gated": "is gated: accept its terms on its page on the hub, then log in with `hf auth login`",
                 "private": f"no dataset {FINEWEB_EDU} on http://127.0.0.1:",
                 "no_config": "has no configuration '10BT'; it has ['default', 'sample-10BT']",

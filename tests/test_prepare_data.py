@@ -3,6 +3,7 @@
 import json
 import os
 from collections import Counter
+from contextlib import ExitStack
 
 import datasets
 import numpy as np
@@ -80,22 +81,19 @@ def test_the_readme_fineweb_edu_command_survives_the_hubs_transient_faults(finew
     command = readme_command("python prepare_data.py --output_dir data/fineweb_edu_10B")
     first, second, third = fineweb_hub.shards
     runs, hubs = {}, []
-    for mode, extra in (("cached", []), ("streamed", ["--streaming", "--val_tokens", "20000"])):
-        hub = HubStandIn(fineweb_hub.root).__enter__()
-        hubs.append(hub)
-        hub.fail(first, 429, retry_after=1)
-        hub.corrupt(first)
-        hub.fail(second, 503, times=2)
-        hub.drop(third)
-        hub.slow(third, seconds=3)
-        args = [*command, "--download_retry_wait", "0.2"]
-        args[args.index("data/fineweb_edu_10B")] = str(tmp_path / mode)
-        runs[mode] = prepare_command(hub, tmp_path / f"home-{mode}", [*args, *extra])
-    try:
+    with ExitStack() as serving:
+        for mode, extra in (("cached", []), ("streamed", ["--streaming", "--val_tokens", "20000"])):
+            hub = serving.enter_context(HubStandIn(fineweb_hub.root))
+            hubs.append(hub)
+            hub.fail(first, 429, retry_after=1)
+            hub.corrupt(first)
+            hub.fail(second, 503, times=2)
+            hub.drop(third)
+            hub.slow(third, seconds=3)
+            args = [*command, "--download_retry_wait", "0.2"]
+            args[args.index("data/fineweb_edu_10B")] = str(tmp_path / mode)
+            runs[mode] = prepare_command(hub, tmp_path / f"home-{mode}", [*args, *extra])
         results = dict(zip(runs, run_together(list(runs.values()), env=dict(os.environ), timeout=240), strict=True))
-    finally:
-        for hub in hubs:
-            hub.__exit__()
     encoded = [[EOT] + reference.encode_ordinary(text) for text in fineweb_hub.documents]
     for mode, result in results.items():
         assert result.returncode == 0, result.stderr[-3000:]

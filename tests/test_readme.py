@@ -6,18 +6,10 @@ import shlex
 import sys
 
 from support.hub import HubStandIn
-from support.paths import REPO_ROOT
+from support.paths import REPO_ROOT, readme_lines
 from support.runs import run_together
 
 from eval.hellaswag import load_examples
-
-
-def readme_lines(starting: str) -> list[str]:
-    """The README's command lines that start with these words (a line ending in `\\` joined with the next)."""
-    lines = (REPO_ROOT / "README.md").read_text().replace("\\\n", " ").splitlines()
-    found = [line.strip() for line in lines if line.startswith(starting)]
-    assert found, f"README.md has no command starting {starting!r}"
-    return found
 
 
 def as_run_here(line: str) -> list[str]:

@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from support.paths import REPO_ROOT
+from support.paths import readme_lines
 
 GATED, PRIVATE = "gated", "private"
 
@@ -451,8 +451,5 @@ def prepare_command(hub: HubStandIn, home: Path, args: list[str]) -> list[str]:
 
 
 def readme_command(starts_with: str) -> list[str]:
-    """The README's command line that starts with these words, as arguments after the script."""
-    for line in (REPO_ROOT / "README.md").read_text().splitlines():
-        if line.startswith(starts_with):
-            return shlex.split(line)[2:]
-    raise AssertionError(f"README.md has no command starting {starts_with!r}")
+    """The README's first command line that starts with these words, as arguments after the script."""
+    return shlex.split(readme_lines(starts_with)[0])[2:]
