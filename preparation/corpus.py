@@ -110,7 +110,7 @@ def text_file_references(source: CorpusSource) -> datasets.Dataset | None:
     if source.dataset != "text" or source.streaming or not source.data_files:
         return None
     count_local_files(source.data_files)  # a pattern that matches nothing is refused as the builder path refuses it
-    paths = list(datasets.data_files.DataFilesList.from_patterns(source.data_files))
+    paths = resolved_files(source.data_files)
     if not paths or any(path.endswith(COMPRESSED) or "://" in path for path in paths):
         return None
     stats = [os.stat(path) for path in paths]
@@ -128,6 +128,22 @@ def text_file_references(source: CorpusSource) -> datasets.Dataset | None:
             writer.finalize()
         staging.replace(path)
     return datasets.Dataset.from_file(str(path))
+
+
+def resolved_files(patterns: list[str]) -> list[str]:
+    """The files the patterns name, in order, as `datasets` resolves them for a builder (hidden files and
+    `__special__` folders left out unless a pattern names them). `DataFilesList.from_patterns` would return the
+    same list, but first reads every file's metadata for a fingerprint that is not used here: 0.8 s of 1.2 s
+    for 12,530 files."""
+    base_path = Path().resolve().as_posix()
+    paths = []
+    for pattern in patterns:
+        try:
+            paths += datasets.data_files.resolve_pattern(pattern, base_path=base_path)
+        except FileNotFoundError:  # as `from_patterns`: a wildcard may match nothing; the builder path refuses it
+            if not glob.has_magic(pattern):
+                raise
+    return paths
 
 
 def documents_of_file(path: str, text_unit: str) -> list[str]:

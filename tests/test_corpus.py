@@ -82,3 +82,17 @@ def test_file_references_change_with_a_file_and_are_none_where_files_cannot_be_r
     assert text_file_references(source([str(tmp_path / "*")])) is None  # compressed: the builder extracts it
     assert text_file_references(source(files, streaming=True)) is None
     assert text_file_references(source([str(tmp_path / "*.json")], dataset="json")) is None
+
+
+@pytest.mark.parametrize("patterns", [["**/*.txt"], ["sub/*.txt", "a.txt"], [".*"], ["**"]])
+def test_file_references_are_the_files_the_text_builder_reads_in_its_order(tmp_path, patterns):
+    """Hidden files and folders and `__special__` folders are skipped unless a pattern names them."""
+    for name in ("a.txt", ".hidden.txt", ".cache/x.txt", "__pycache__/y.txt", "sub/c.txt", "sub/b.txt",
+                 "sub/deeper/d.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)  # each document names its file
+    data_files = [str(tmp_path / pattern) for pattern in patterns]
+    built = load_corpus(source(data_files))["text"]
+    references = text_file_references(source(data_files))
+    assert [text for path in references["path"] for text in documents_of_file(path, "document")] == built
+    assert ".cache/x.txt" not in built and "__pycache__/y.txt" not in built

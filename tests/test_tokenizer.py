@@ -30,6 +30,18 @@ def test_tiktoken_and_tokenizers_backends_give_identical_ids(ranks_file, tmp_pat
     assert fast.equals(slow)
 
 
+def test_documents_are_encoded_as_tiktoken_encodes_ordinary_text(ranks_file, reference, tmp_path):
+    """The special token's text inside a document is ordinary text, as in `encode_ordinary`; so is an empty
+    document (only its <|endoftext|>)."""
+    import pyarrow as pa
+
+    texts = [*DOCUMENTS, "", "before <|endoftext|> after<|endoftext|>", "<|endoftext|>"]
+    tokenize = DocumentTokenizer(str(tmp_path), "text", EOT, "uint16", load_tiktoken_bpe(ranks_file))
+    encoded = tokenize(pa.table({"text": texts})).column("input_ids").to_pylist()
+    assert encoded == [[EOT, *reference.encode_ordinary(text)] for text in texts]
+    assert EOT not in encoded[-1][1:]
+
+
 def test_non_utf8_bytes_are_replaced_and_counted(corpus, tmp_path, ranks_file, capsys):
     (corpus / "broken.txt").write_bytes(b"valid start \xff\xfe then more text " * 4)
     metadata = prepare_corpus(corpus, tmp_path / "out", ranks_file)
