@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
 
 from preparation import PrepareError
-from preparation.packing import pack_documents
+from preparation.packing import document_lengths, pack_documents
 from preparation.splits import PreparedSplits, carve_validation_rows, split_documents, split_statistics
 from preparation.tokenizer import DocumentTokenizer, FileTokenizer
 
@@ -33,9 +33,10 @@ def prepare_cached(corpus: datasets.Dataset, tokenize: DocumentTokenizer | FileT
         raise PrepareError(f"the corpus {corpus_name} holds no documents")
     replacement_chars = int(pc.sum(tokenized.data.column("replacement_chars")).as_py() or 0)
     tokenized = tokenized.remove_columns("replacement_chars")
-    doc_ids, counts, val_tokens = split_documents(tokenized, requested_val_tokens, block_size, seed, corpus_name)
+    doc_tokens = document_lengths(tokenized)
+    doc_ids, counts, val_tokens = split_documents(doc_tokens, requested_val_tokens, block_size, seed, corpus_name)
     packed = datasets.DatasetDict({
-        name: pack_documents(tokenized, ids, block_size, name,
+        name: pack_documents(tokenized, ids, doc_tokens, block_size, name,
                              step_fingerprint(tokenized, f"pack-{name}", cache_key))
         for name, ids in doc_ids.items()
     })

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
-import pyarrow.compute as pc
 
 from preparation import PrepareError
 
@@ -36,11 +35,11 @@ def choose_validation_documents(doc_tokens: np.ndarray, val_tokens: int, seed: i
     return np.sort(order[:enough])
 
 
-def split_documents(tokenized: datasets.Dataset, requested_val_tokens: int | None, block_size: int, seed: int,
+def split_documents(doc_tokens: np.ndarray, requested_val_tokens: int | None, block_size: int, seed: int,
                     corpus_name: str):
-    """Train and validation by whole documents: each split's document ids, their document and token counts,
-    and the validation size held out. A one-document corpus is all `train` here (see `carve_validation_rows`)."""
-    doc_tokens = pc.list_value_length(tokenized.data.column("input_ids")).to_numpy(zero_copy_only=False)
+    """Train and validation by whole documents (of `doc_tokens` tokens each): each split's document ids, their
+    document and token counts, and the validation size held out. A one-document corpus is all `train` here (see
+    `carve_validation_rows`)."""
     total = int(doc_tokens.sum())
     if total == len(doc_tokens):  # nothing but the <|endoftext|> each document starts with
         raise PrepareError(f"the corpus {corpus_name} holds no text, only empty documents")

@@ -3,7 +3,9 @@
 import datasets
 import numpy as np
 import pyarrow as pa
+import pytest
 
+from preparation import packing
 from preparation.packing import documents_stream, pack_stream
 
 
@@ -31,3 +33,31 @@ def test_documents_stream_is_the_chosen_documents_in_order_across_arrow_chunks()
     expected = [token for d in ids for token in documents[d]]
     assert documents_stream(dataset, ids).tolist() == expected
     assert documents_stream(dataset, np.array([4])).tolist() == documents[4]
+
+
+def test_a_window_of_the_stream_reads_only_the_documents_it_touches():
+    documents = [list(range(100 * d, 100 * d + d + 1)) for d in range(9)]
+    dataset = datasets.Dataset.from_dict({"input_ids": documents})
+    ids = np.array([1, 2, 4, 5, 8])
+    stream = [token for d in ids for token in documents[d]]
+    lengths = np.array([len(documents[d]) for d in ids])
+    for start, stop in [(0, 1), (0, len(stream)), (2, 5), (3, 12), (len(stream) - 1, len(stream))]:
+        assert packing.stream_window(dataset, ids, lengths, start, stop).tolist() == stream[start:stop]
+
+
+@pytest.mark.parametrize("piece_rows", [1, 2, 1000])
+def test_groups_cut_into_pieces_pack_the_rows_of_whole_groups(tmp_path, monkeypatch, piece_rows):
+    """By hand: each group of 4 documents packs on its own; rows are the same however many a map call writes."""
+    monkeypatch.setattr(packing, "PACK_GROUP_DOCUMENTS", 4)
+    monkeypatch.setattr(packing, "PIECE_ROWS", piece_rows)
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(0, 50_000, size=rng.integers(1, 12)).tolist() for _ in range(11)]
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("uint16"))})
+    dataset = datasets.Dataset.from_dict({"input_ids": documents}, features=features)
+    ids = np.array([0, 1, 2, 4, 5, 6, 7, 9, 10])  # groups [0 1 2 4] [5 6 7 9] [10]
+    lengths = packing.document_lengths(dataset)
+    packed = packing.pack_documents(dataset, ids, lengths, 3, "train", f"pieces-{piece_rows}")
+    expected = [row for group in (ids[:4], ids[4:8], ids[8:])
+                for row in pack_stream(np.array([t for d in group for t in documents[d]], np.uint16), 3).tolist()]
+    assert packed["input_ids"] == expected and len(expected) > 4
+    assert packed.features["input_ids"] == datasets.List(datasets.Value("uint16"), length=4)
