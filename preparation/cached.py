@@ -4,6 +4,8 @@ Each step is a `datasets` operation that keeps memory bounded and is cached by a
 and of every argument that changes its output, so a repeated preparation reuses the tokenized documents.
 """
 
+import gc
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -22,11 +24,12 @@ def prepare_cached(corpus: datasets.Dataset, tokenize: DocumentTokenizer | FileT
     """Tokenize, split, pack and save the splits into `output_dir`. `corpus` holds the documents' text, or
     references to text files that `tokenize` (a `FileTokenizer`) reads where they lie."""
     num_proc = max(1, min(num_proc, len(corpus)))
-    tokenized = corpus.with_format("arrow").map(
-        tokenize, batched=True, batch_size=tokenize.batch_size, num_proc=num_proc,
-        remove_columns=corpus.column_names, desc="Tokenizing",
-        new_fingerprint=step_fingerprint(corpus, "tokenize", cache_key),
-    )
+    with shared_with_forked_workers():
+        tokenized = corpus.with_format("arrow").map(
+            tokenize, batched=True, batch_size=tokenize.batch_size, num_proc=num_proc,
+            remove_columns=corpus.column_names, desc="Tokenizing",
+            new_fingerprint=step_fingerprint(corpus, "tokenize", cache_key),
+        )
     if max_documents is not None and len(tokenized) > max_documents:  # files: their documents are known only now
         tokenized = tokenized.select(range(max_documents))
     if len(tokenized) == 0:
@@ -47,6 +50,18 @@ def prepare_cached(corpus: datasets.Dataset, tokenize: DocumentTokenizer | FileT
     packed.save_to_disk(str(output_dir), num_proc=None)
     rows = {name: len(split) for name, split in packed.items()}
     return PreparedSplits(split_statistics(counts, rows, block_size), val_tokens, replacement_chars)
+
+
+@contextmanager
+def shared_with_forked_workers():
+    """This process's objects kept out of the garbage collector's reach while `map` workers forked from it run: a
+    collection in a worker writes to every object it visits, which copies the pages it shared with this process
+    (32 MB in each worker and in datasets' queue manager, measured on 100M tokens of pages)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def step_fingerprint(dataset: datasets.Dataset, step: str, cache_key: list) -> str:

@@ -1,9 +1,12 @@
 """preparation/cached.py: the cached pipeline's output does not depend on its worker count, and follows the files."""
 
+import gc
 
 import numpy as np
+import pytest
 from support.corpus import EOT, prepare_corpus, rows_of, split_on
 
+from preparation.cached import shared_with_forked_workers
 from preparation.corpus import documents_of_file
 
 
@@ -33,3 +36,15 @@ def test_an_edited_file_is_tokenized_again_and_its_new_text_is_what_the_splits_h
         stream = np.concatenate([rows[0]] + [row[1:] for row in rows[1:]]).tolist()
         found += [[EOT] + s for s in split_on(stream, EOT)][:-1]
     assert found and all(ids in expected for ids in found)
+
+
+def test_objects_are_frozen_out_of_collection_only_while_workers_run():
+    """Frozen while the workers run (so their collections write to none of the pages they share with this
+    process), collected again afterwards, even when the map fails."""
+    assert gc.get_freeze_count() == 0
+    with shared_with_forked_workers():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(KeyboardInterrupt), shared_with_forked_workers():
+        raise KeyboardInterrupt
+    assert gc.get_freeze_count() == 0
