@@ -132,7 +132,7 @@ def prepare(args: PrepareArguments) -> dict:
     with staged(output) as staging:
         tokenize = document_tokenizer(tokenizer, eot_id, args.text_column, staging)
         if files is not None:
-            tokenize = FileTokenizer(tokenize, args.text_unit, files["size"])
+            tokenize = FileTokenizer(tokenize, args.text_unit)
         if args.streaming:
             splits = prepare_streamed(corpus, tokenize, staging, block_size=args.block_size,
                                       requested_val_tokens=args.val_tokens, num_proc=args.num_proc)

@@ -6,6 +6,7 @@ local files, whichever the mode. Local plain-text files in cached mode are read 
 documents as `datasets`' text builder would (`documents_of_file`), so the text never becomes an Arrow copy."""
 
 import glob
+import itertools
 import os
 from dataclasses import dataclass
 from io import StringIO
@@ -103,10 +104,18 @@ def load_corpus(source: CorpusSource, num_proc: int = 1, hub: HubDataset | None 
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".7z", ".tar")  # the text builder extracts these
 
 
+# Text a tokenizing call reads: files are bundled in order up to this size (a larger file is a bundle of its own).
+# Several small files a call saved 12% of the map's time on source code (18 KB a file); on books (130 KB to 1 MB)
+# one file a call kept peak memory lowest. Bundles of equal size also give `map`'s workers equal shares of the
+# text, where equal numbers of files gave one worker 6% more of it.
+BUNDLE_BYTES = 256 << 10
+
+
 def text_file_references(source: CorpusSource) -> datasets.Dataset | None:
-    """Local plain-text files as a dataset of references, one row a file in the order `datasets` reads them:
-    path, size and modification time (so a changed file changes the dataset's fingerprint, and the tokenizing
-    map runs again). None where the files cannot be read where they lie: compressed, or in streaming mode."""
+    """Local plain-text files as a dataset of references in the order `datasets` reads them, one row a bundle of
+    files (`BUNDLE_BYTES`): their paths, sizes and modification times (so a changed file changes the dataset's
+    fingerprint, and the tokenizing map runs again). None where the files cannot be read where they lie:
+    compressed, or in streaming mode."""
     if source.dataset != "text" or source.streaming or not source.data_files:
         return None
     count_local_files(source.data_files)  # a pattern that matches nothing is refused as the builder path refuses it
@@ -114,8 +123,12 @@ def text_file_references(source: CorpusSource) -> datasets.Dataset | None:
     if not paths or any(path.endswith(COMPRESSED) or "://" in path for path in paths):
         return None
     stats = [os.stat(path) for path in paths]
-    references = pa.table({"path": paths, "size": [s.st_size for s in stats],
-                           "mtime_ns": [s.st_mtime_ns for s in stats]})
+    bounds = bundle_bounds([s.st_size for s in stats], BUNDLE_BYTES)
+    references = pa.table({
+        column: [values[start:stop] for start, stop in itertools.pairwise(bounds)]
+        for column, values in (("path", paths), ("size", [s.st_size for s in stats]),
+                               ("mtime_ns", [s.st_mtime_ns for s in stats]))
+    })
     # An Arrow file named by its content: the tokenizing map caches its output beside it (an in-memory dataset's
     # map would keep the whole tokenized corpus in memory), keyed by what the files are.
     folder = Path(source.cache_dir or datasets.config.HF_DATASETS_CACHE) / "text_file_references"
@@ -128,6 +141,18 @@ def text_file_references(source: CorpusSource) -> datasets.Dataset | None:
             writer.finalize()
         staging.replace(path)
     return datasets.Dataset.from_file(str(path))
+
+
+def bundle_bounds(sizes: list[int], bundle_bytes: int) -> list[int]:
+    """Where each bundle of consecutive files starts, and the end: a file joins the bundle before it while the
+    bundle stays within `bundle_bytes`."""
+    bounds, held = [0], 0
+    for index, size in enumerate(sizes):
+        if index > bounds[-1] and held + size > bundle_bytes:
+            bounds.append(index)
+            held = 0
+        held += size
+    return [*bounds, len(sizes)]
 
 
 def resolved_files(patterns: list[str]) -> list[str]:

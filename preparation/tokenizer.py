@@ -66,12 +66,12 @@ def gpt2_mergeable_ranks(tokenizer: PreTrainedTokenizerBase) -> dict[bytes, int]
                              and not pre_tokenizer.get("add_prefix_space"))
     if model.get("type") != "BPE" or not is_gpt2_pre_tokenizer or state.get("normalizer"):
         return None
-    char_to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    byte_of_char = {ord(char): byte for byte, char in bytes_to_unicode().items()}
     special = {token["content"] for token in state.get("added_tokens", [])}
     vocab = {token: token_id for token, token_id in model["vocab"].items() if token not in special}
-    if any(char not in char_to_byte for token in vocab for char in token):
+    if not set(map(ord, "".join(vocab))) <= byte_of_char.keys():  # a token that is not byte-level
         return None
-    ranks = {bytes(char_to_byte[char] for char in token): token_id for token, token_id in vocab.items()}
+    ranks = {token.translate(byte_of_char).encode("latin-1"): token_id for token, token_id in vocab.items()}
     merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
     bytes_first = sorted(ranks.get(bytes([b]), -1) for b in range(256)) == list(range(256))
     merged_ids = [vocab.get(left + right, -1) for left, right in merges]
@@ -118,9 +118,12 @@ class DocumentTokenizer:
         return lambda text: np.array(backend.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.tokenize_texts(batch.column(self.text_column).to_pylist())
+
+    def tokenize_texts(self, texts: list[str]) -> pa.Table:
+        """The documents' ids and undecodable-byte counts, as `__call__` returns them for a batch."""
         if self._encode is None:
             self._encode = self._build_encoder()
-        texts = batch.column(self.text_column).to_pylist()
         eot = np.array([self.eot_id], dtype=np.uint32)
         pieces = [piece for text in texts for piece in (eot, self._encode(text))]  # each document after an EOT
         lengths = np.fromiter(map(len, pieces[1::2]), dtype=np.int64, count=len(texts)) + 1
@@ -135,24 +138,21 @@ class DocumentTokenizer:
 
 
 class FileTokenizer:
-    """`datasets.map` function over file references (`corpus.text_file_references`): each file's documents, read
-    where the file lies, tokenized by a `DocumentTokenizer`; one output row a document, in the file's order."""
+    """`datasets.map` function over bundles of file references (`corpus.text_file_references`), one bundle a call:
+    each file's documents, read where the file lies, tokenized by a `DocumentTokenizer`; one output row a
+    document, in the files' order."""
 
-    # Text a call holds, in files of average size. Several small files a call saved 12% of the map's time on
-    # source code (18 KB a file); on books (130 KB to 1 MB) one file a call kept peak memory lowest.
-    BATCH_BYTES = 256 << 10
-    MAX_BATCH_FILES = 16
+    batch_size = 1  # bundle
 
-    def __init__(self, documents: DocumentTokenizer, text_unit: str, file_sizes: list[int]):
+    def __init__(self, documents: DocumentTokenizer, text_unit: str):
         self.documents, self.text_unit = documents, text_unit
-        average = sum(file_sizes) / max(len(file_sizes), 1)
-        self.batch_size = max(1, min(self.MAX_BATCH_FILES, int(self.BATCH_BYTES // max(average, 1))))
         self.dtype, self.eot_id, self.backend = documents.dtype, documents.eot_id, documents.backend
         self.text_column = documents.text_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = [text for path in batch.column("path").to_pylist() for text in documents_of_file(path, self.text_unit)]
-        return self.documents(pa.table({self.text_column: pa.array(texts, pa.large_string())}))
+        texts = [text for bundle in batch.column("path").to_pylist() for path in bundle
+                 for text in documents_of_file(path, self.text_unit)]
+        return self.documents.tokenize_texts(texts)
 
 
 def document_tokenizer(tokenizer: PreTrainedTokenizerBase, eot_id: int, text_column: str,

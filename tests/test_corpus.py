@@ -6,7 +6,7 @@ import os
 import pytest
 
 from preparation import PrepareError
-from preparation.corpus import CorpusSource, documents_of_file, load_corpus, text_file_references
+from preparation.corpus import CorpusSource, bundle_bounds, documents_of_file, load_corpus, text_file_references
 
 
 def source(data_files, **overrides):
@@ -66,7 +66,7 @@ def test_files_split_into_the_documents_datasets_text_builder_makes(tmp_path, un
         (tmp_path / name).write_bytes(data)
     references = text_file_references(source([str(tmp_path / "*.txt")], text_unit=unit))
     built = load_corpus(source([str(tmp_path / "*.txt")], text_unit=unit))["text"]  # the builder: the reference
-    ours = [text for path in references["path"] for text in documents_of_file(path, unit)]
+    ours = [text for bundle in references["path"] for path in bundle for text in documents_of_file(path, unit)]
     assert ours == built and len(ours) > len(TRICKY) - 2
 
 
@@ -75,7 +75,8 @@ def test_file_references_change_with_a_file_and_are_none_where_files_cannot_be_r
     (tmp_path / "b.txt").write_text("beta")
     files = [str(tmp_path / "*.txt")]
     before = text_file_references(source(files))
-    assert [p.rsplit("/", 1)[1] for p in before["path"]] == ["a.txt", "b.txt"] and before["size"] == [5, 4]
+    assert [[p.rsplit("/", 1)[1] for p in bundle] for bundle in before["path"]] == [["a.txt", "b.txt"]]
+    assert before["size"] == [[5, 4]]
     os.utime(tmp_path / "b.txt", ns=(1, 1))  # the same bytes, touched
     assert text_file_references(source(files))._fingerprint != before._fingerprint
     (tmp_path / "c.txt.gz").write_bytes(b"")
@@ -94,5 +95,12 @@ def test_file_references_are_the_files_the_text_builder_reads_in_its_order(tmp_p
     data_files = [str(tmp_path / pattern) for pattern in patterns]
     built = load_corpus(source(data_files))["text"]
     references = text_file_references(source(data_files))
-    assert [text for path in references["path"] for text in documents_of_file(path, "document")] == built
+    files = [path for bundle in references["path"] for path in bundle]
+    assert [text for path in files for text in documents_of_file(path, "document")] == built
     assert ".cache/x.txt" not in built and "__pycache__/y.txt" not in built
+
+
+def test_files_are_bundled_in_order_up_to_a_size_and_a_larger_file_alone():
+    assert bundle_bounds([100, 100, 300, 50, 50, 50], 200) == [0, 2, 3, 6]
+    assert bundle_bounds([300], 200) == [0, 1]
+    assert bundle_bounds([0, 0, 0], 200) == [0, 3]
