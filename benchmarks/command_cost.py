@@ -1,7 +1,9 @@
-"""What a command costs: wall time and the peak memory of its whole process tree (resident, and the proportional
-anonymous part that forked workers and memory-mapped files would otherwise overstate), sampled every 50 ms."""
+"""What a command costs: wall time, and the peak memory of its whole process tree (resident, and the proportional
+anonymous part that forked workers and memory-mapped files would otherwise overstate), sampled every 50 ms in a
+run of its own."""
 
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,22 +38,30 @@ def tree_memory(process: psutil.Process) -> tuple[int, int]:
     return resident, anonymous
 
 
-def measured(command: list[str], env: dict, cwd: Path = REPO_ROOT) -> dict:
-    """Wall seconds, the process tree's peak memory (resident, anonymous), and the command's stdout; a command
-    that fails ends the benchmark with its stderr."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    watched, peak, peak_anonymous = psutil.Process(process.pid), 0, 0
-    while process.poll() is None:
-        try:
-            resident, anonymous = tree_memory(watched)
-        except psutil.Error:
-            resident = anonymous = 0
-        peak, peak_anonymous = max(peak, resident), max(peak_anonymous, anonymous)
-        time.sleep(0.05)
-    stdout, stderr = process.communicate()
-    seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+def measured(command: list[str], env: dict, cwd: Path = REPO_ROOT, sample_memory: bool = True) -> dict:
+    """Wall seconds, the process tree's peak memory (resident, anonymous; None when not `sample_memory`), and the
+    command's stdout; a command that fails ends the benchmark with its stderr.
+
+    Sampling is not free: reading every process's `smaps_rollup` took 16 ms (the reproduction's pipeline) to
+    28 ms (prepare_data.py, whose processes map the Arrow files) a sample, a third to a half of a core at one
+    sample every 50 ms, which slowed those two commands by 1.5 and 1.2 s of 13. Time a command in a run of its
+    own, without sampling."""
+    with tempfile.TemporaryFile("w+") as stderr:  # progress bars: a pipe nobody reads would fill and block them
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        peak = peak_anonymous = None
+        if sample_memory:
+            watched, peak, peak_anonymous = psutil.Process(process.pid), 0, 0
+            while process.poll() is None:
+                try:
+                    resident, anonymous = tree_memory(watched)
+                except psutil.Error:
+                    resident = anonymous = 0
+                peak, peak_anonymous = max(peak, resident), max(peak_anonymous, anonymous)
+                time.sleep(0.05)
+        stdout, _ = process.communicate()
+        seconds = time.perf_counter() - started
+        if process.returncode != 0:
+            stderr.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed:\n{stderr.read()[-3000:]}")
     return {"seconds": seconds, "peak_rss_bytes": peak, "peak_anonymous_bytes": peak_anonymous, "stdout": stdout}

@@ -17,9 +17,9 @@ Four pipelines run on it, each as its own command, with `--num_proc` processes:
 - `tokenizer_only`: tiktoken alone on the same documents, already in memory, split across the processes:
   the rate no pipeline with this tokenizer and these processes can beat.
 For each: wall time from the command to its finished output, tokens/s, peak resident memory of the whole
-process tree (sampled every 50 ms; all of it, and its proportional anonymous part: no pages of
-memory-mapped files, and pages shared after a fork counted once), and bytes on disk (output, and the
-datasets cache it leaves). Between
+process tree (sampled every 50 ms in a second run, since sampling slows a command; all of it, and its
+proportional anonymous part: no pages of memory-mapped files, and pages shared after a fork counted once),
+and bytes on disk (output, and the datasets cache it leaves). Between
 sizes of one shape, the marginal rate (extra tokens over extra seconds) leaves fixed costs out.
 """
 
@@ -164,7 +164,10 @@ def run_pipeline(pipeline: str, corpus: Path, shape: str, args, work: Path) -> d
     else:
         command = [sys.executable, __file__, "--run", pipeline, "--corpus", str(corpus), "--text_unit", text_unit,
                    "--ranks", ranks, "--num_proc", str(args.num_proc), "--out", str(out)]
-    result = measured(command, env, cwd=REPO_ROOT)  # this checkout's prepare_data.py
+    memory = measured(command, env, cwd=REPO_ROOT)  # this checkout's prepare_data.py
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    result = measured(command, env, cwd=REPO_ROOT, sample_memory=False)  # timed unobserved (see `measured`)
     if pipeline in ("cached", "streaming"):
         from formats.packed_data import read_metadata  # here: the timed commands do not import torch
 
@@ -177,7 +180,7 @@ def run_pipeline(pipeline: str, corpus: Path, shape: str, args, work: Path) -> d
         seconds = reported.get("encode_seconds", result["seconds"])
     record = {"pipeline": pipeline, "shape": shape, "tokens": tokens, "seconds": seconds,
               "wall_seconds": result["seconds"], "tokens_per_second": tokens / seconds,
-              "peak_rss_bytes": result["peak_rss_bytes"], "peak_anonymous_bytes": result["peak_anonymous_bytes"],
+              "peak_rss_bytes": memory["peak_rss_bytes"], "peak_anonymous_bytes": memory["peak_anonymous_bytes"],
               "output_bytes": directory_bytes(out), "cache_bytes": directory_bytes(cache), "rows_sha256": rows_sha256}
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
