@@ -14,8 +14,8 @@ Four pipelines run on it, each as its own command, with `--num_proc` processes:
   `multiprocessing.Pool` (`imap`, chunks of 16), each prefixed with <|endoftext|>, uint16 `.npy` shards;
 - `cached`: `prepare_data.py` with an empty datasets cache;
 - `streaming`: `prepare_data.py --streaming`;
-- `tokenizer_only`: tiktoken alone on the same documents, already in memory, split across the processes:
-  the rate no pipeline with this tokenizer and these processes can beat.
+- `tokenizer_only`: tiktoken's `encode_ordinary` alone on the same documents, already in memory, split across
+  the processes: the encoding's own rate, with no reading or writing.
 For each: wall time from the command to its finished output, tokens/s, peak resident memory of the whole
 process tree (sampled every 50 ms in a second run, since sampling slows a command; all of it, and its
 proportional anonymous part: no pages of memory-mapped files, and pages shared after a fork counted once),

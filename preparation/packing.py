@@ -16,9 +16,9 @@ from formats.packed_data import row_features, rows_table
 
 # Documents packed together; a group leaves fewer than block_size tokens untargeted (0.1% of a FineWeb group).
 PACK_GROUP_DOCUMENTS = 10_000
-# Rows a map call writes (8 MB of uint16 rows of 1,025 tokens). The allocator reuses buffers of this size from
-# call to call; a whole group's rows (up to hundreds of MB) were fresh pages each time, and on this machine
-# touching fresh pages cost more than the copy itself.
+# Rows a map call writes (8 MB of uint16 rows of 1,025 tokens), so the same few buffers serve every call: a whole
+# group's stream and rows (up to hundreds of MB each) were new memory, and first touching it cost more than the
+# copies themselves (packing 107M tokens: 1.16 s by group, 0.23 s by piece).
 PIECE_ROWS = 4096
 
 
