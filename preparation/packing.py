@@ -72,7 +72,8 @@ def group_pieces(doc_ids: np.ndarray, doc_tokens: np.ndarray, block_size: int, g
     return pieces
 
 
-def stream_window(documents: datasets.Dataset, ids: np.ndarray, lengths: np.ndarray, start: int, stop: int):
+def stream_window(documents: datasets.Dataset, ids: np.ndarray, lengths: np.ndarray, start: int,
+                  stop: int) -> np.ndarray:
     """Tokens [start, stop) of the stream of the documents at the ascending `ids`, whose token counts are
     `lengths`; only the documents the window touches are read."""
     ends = np.cumsum(lengths)

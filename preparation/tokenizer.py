@@ -129,7 +129,7 @@ class DocumentTokenizer:
         lengths = np.fromiter(map(len, pieces[1::2]), dtype=np.int64, count=len(texts)) + 1
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        ids = np.concatenate(pieces).astype(self.dtype) if pieces else np.empty(0, dtype=self.dtype)
+        ids = np.concatenate(pieces).astype(self.dtype, copy=False) if pieces else np.empty(0, dtype=self.dtype)
         replacements = [text.count("\ufffd") for text in texts]  # undecodable bytes, replaced when read
         return pa.table({
             "input_ids": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(ids)),
