@@ -46,7 +46,7 @@ def test_a_window_of_the_stream_reads_only_the_documents_it_touches():
 
 
 @pytest.mark.parametrize("piece_rows", [1, 2, 1000])
-def test_groups_cut_into_pieces_pack_the_rows_of_whole_groups(tmp_path, monkeypatch, piece_rows):
+def test_groups_cut_into_pieces_pack_the_rows_of_whole_groups(monkeypatch, piece_rows):
     """By hand: each group of 4 documents packs on its own; rows are the same however many a map call writes."""
     monkeypatch.setattr(packing, "PACK_GROUP_DOCUMENTS", 4)
     monkeypatch.setattr(packing, "PIECE_ROWS", piece_rows)
