@@ -21,7 +21,14 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from support.paths import REPO_ROOT
-from support.runs import log_records, logged_train_steps, losses_in, patched_run_pretrain, sigkill_during
+from support.runs import (
+    log_records,
+    logged_train_steps,
+    losses_in,
+    patched_run_pretrain,
+    sigkill_during,
+    training_processes,
+)
 from support.tiny import prepare_tiny_data, tiny_config, tiny_run_args
 
 import run_pretrain
@@ -247,15 +254,62 @@ def per_rank_launch(script, args: list[str], stderr_dir: Path, **env_extra) -> l
             for rank in range(2)]
 
 
-def training_processes(launcher: subprocess.Popen) -> dict:
-    """accelerate launch's training processes (psutil.Process) by rank."""
+LAUNCHER_WITH_AN_ENDED_RANK = """
+import os, subprocess, sys, time
+
+def start(rank, *args):
+    return subprocess.Popen([sys.executable, *args], env={**os.environ, "RANK": str(rank)})
+
+def zombie(pid):
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+ended = start(1, sys.argv[1])  # never waited for: it stays a zombie
+live = start(0, sys.argv[2], sys.argv[3])
+deadline = time.time() + 30
+while not (zombie(ended.pid) and os.path.exists(sys.argv[3])) and time.time() < deadline:
+    time.sleep(0.01)
+print("ready", flush=True)
+live.wait()
+"""
+
+RANK_WITH_A_FORKED_WORKER = """
+import os, sys, time
+
+if os.fork() == 0:
+    open(sys.argv[1], "w").close()
+time.sleep(60)
+"""
+
+
+def test_the_launched_processes_are_found_by_rank_past_a_child_that_has_ended(tmp_path):
+    """A launcher's child that has just ended (a zombie) has no command line; it is skipped, not an error. A
+    rank's own forked worker carries the same command line and RANK, and is not taken for the rank."""
     import psutil
 
-    parent = psutil.Process(launcher.pid)
+    scripts = {}
+    for folder, body in (("ended", ""), ("live", RANK_WITH_A_FORKED_WORKER)):
+        (tmp_path / folder).mkdir()
+        scripts[folder] = tmp_path / folder / "run_pretrain.py"
+        scripts[folder].write_text(body)
+    forked = tmp_path / "forked"
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER_WITH_AN_ENDED_RANK, str(scripts["ended"]),
+                                 str(scripts["live"]), str(forked)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout.readline() == "ready\n" and forked.exists()
+        found = training_processes(launcher.pid)
+        assert list(found) == [0] and found[0].ppid() == launcher.pid
+    finally:
+        for process in psutil.Process(launcher.pid).children(recursive=True):
+            process.kill()
+        launcher.kill()
+        launcher.wait()
+
+
+def launched_ranks(launcher: subprocess.Popen) -> dict:
+    """accelerate launch's two training processes (psutil.Process) by rank, once both have started."""
     deadline = time.time() + 120
     while time.time() < deadline:
-        found = {int(p.environ().get("RANK", -1)): p for p in parent.children(recursive=True)
-                 if any(part.endswith("run_pretrain.py") for part in p.cmdline())}
+        found = training_processes(launcher.pid)
         if len(found) == 2:
             return found
         time.sleep(0.1)
@@ -326,7 +380,7 @@ def ddp_runs(tiny_data, tmp_path_factory) -> DDPRuns:
                                 cwd=REPO_ROOT, env={**env, "STOP_SIGNAL": "SIGSTOP"}, stdout=subprocess.DEVNULL,
                                 stderr=launcher_stderr, text=True)
     ranks = {"per_rank": {rank: psutil.Process(p.pid) for rank, p in enumerate(per_rank)},
-             "accelerate": training_processes(launcher)}
+             "accelerate": launched_ranks(launcher)}
     stopped = {name: wait_until_stopped(processes[1].pid) for name, processes in ranks.items()}
     statuses, waited = {}, {}
     for name, processes in ranks.items():

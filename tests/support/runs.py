@@ -61,8 +61,6 @@ def sigkill_during(command: list[str], log_path: Path, after_step: int, env: dic
     """Start a training command and SIGKILL a training process of it (one of the launcher's workers, or the
     command itself) once its log shows step `after_step`, as a crash or an OOM killer would; returns the
     command's exit status."""
-    import psutil
-
     with tempfile.TemporaryFile() as stderr:  # a pipe could fill up with progress bars and stall the run
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.time() + 300
@@ -71,10 +69,24 @@ def sigkill_during(command: list[str], log_path: Path, after_step: int, env: dic
                 break
             time.sleep(0.01)
         assert process.poll() is None, "the run ended before it could be killed"
-        workers = [p for p in psutil.Process(process.pid).children(recursive=True)
-                   if any(part.endswith("run_pretrain.py") for part in p.cmdline())]
-        os.kill((workers[0] if workers else process).pid, signal.SIGKILL)
+        workers = training_processes(process.pid)
+        os.kill((workers[min(workers)] if workers else process).pid, signal.SIGKILL)
         return process.wait(timeout=120)
+
+
+def training_processes(pid: int) -> dict:
+    """The `run_pretrain.py` processes (psutil.Process) started under process `pid`, by RANK; none when `pid` is
+    the training process itself. A child that ends while it is read (a zombie, or gone) is skipped."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process(pid).children(recursive=True):  # parents before their own children
+        try:
+            if any(part.endswith("run_pretrain.py") for part in child.cmdline()):
+                found.setdefault(int(child.environ().get("RANK", -1)), child)  # not a forked worker of the rank
+        except psutil.Error:
+            continue
+    return found
 
 
 def patched_run_pretrain(folder: Path, patch: str) -> Path:
