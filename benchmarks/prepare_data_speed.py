@@ -1,7 +1,10 @@
 """End-to-end speed and memory of prepare_data.py against the reproduction's data pipeline, at scale.
 
-    python benchmarks/prepare_data_speed.py --tokens 10M,30M,100M --output prep.json   # every shape, ~25 min
-    python benchmarks/prepare_data_speed.py --tokens 2M --shapes paragraphs           # a smoke run, seconds
+    python benchmarks/prepare_data_speed.py --data_dir DATA --tokens 10M,30M,100M --output prep.json  # ~25 min
+    python benchmarks/prepare_data_speed.py --data_dir DATA --tokens 2M --shapes paragraphs  # a smoke run, seconds
+
+DATA holds `gpt2.tiktoken` (GPT-2's BPE ranks: OpenAI's `r50k_base.tiktoken`) and, for the two prose shapes,
+plain-text books as `shakespeare/*.txt` and `milton/*.txt`.
 
 Three corpus shapes bracket FineWeb-Edu's documents (about 1,000 GPT-2 tokens each):
 - `paragraphs`: the Shakespeare and Milton texts, one document per paragraph (about 50 tokens);
@@ -71,6 +74,24 @@ def source_texts(shape: str, data_dir: Path) -> list[tuple[str, str]]:
     pages = [joined[i : i + PAGE_CHARS].strip("\n") for i in range(0, len(joined), PAGE_CHARS)]
     per_file = 256
     return [(f"pages_{i:04d}.txt", "\n\n".join(pages[i : i + per_file])) for i in range(0, len(pages), per_file)]
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, in one line: an unknown shape or pipeline, or a `--data_dir` that
+    lacks what the shapes read; None when nothing is."""
+    shapes = args.shapes.split(",")
+    for flag, names, known in (("--shapes", shapes, SHAPES), ("--pipelines", args.pipelines.split(","), PIPELINES)):
+        if unknown := [name for name in names if name not in known]:
+            return f"{flag} {','.join(unknown)}: not one of {', '.join(known)}"
+    if args.data_dir is None:
+        return "--data_dir is required: the folder with gpt2.tiktoken and the books (see --help)"
+    if not (args.data_dir / "gpt2.tiktoken").is_file():
+        return f"--data_dir {args.data_dir}: no gpt2.tiktoken there (GPT-2's BPE ranks, OpenAI's r50k_base.tiktoken)"
+    books = [p for folder in ("shakespeare", "milton") for p in (args.data_dir / folder).glob("*.txt")]
+    if not books and {"paragraphs", "pages"} & set(shapes):
+        return (f"--data_dir {args.data_dir}: no books in shakespeare/*.txt or milton/*.txt, which the paragraphs "
+                f"and pages shapes read")
+    return None
 
 
 def build_corpus(texts: list[tuple[str, str]], tokens: int, target: Path, bytes_per_token: float) -> Path:
@@ -212,10 +233,11 @@ def print_table(records: list[dict]) -> None:
         same = [r for r in records if r["shape"] == record["shape"] and r["tokens"] == record["tokens"]]
         rates = {r["pipeline"]: r["tokens_per_second"] for r in same}
         marginal = record.get("marginal_tokens_per_second")
+        ratios = [f"{record['tokens_per_second'] / rates[other]:.2f}" if other in rates else "-"
+                  for other in ("baseline", "tokenizer_only")]  # "-": that pipeline did not run
         print(f"| {record['shape']} | {record['pipeline']} | {record['tokens']:,} | {record['wall_seconds']:.1f} "
               f"| {record['tokens_per_second']:,.0f} | {f'{marginal:,.0f}' if marginal else '-'} "
-              f"| {record['tokens_per_second'] / rates.get('baseline', float('nan')):.2f} "
-              f"| {record['tokens_per_second'] / rates.get('tokenizer_only', float('nan')):.2f} "
+              f"| {ratios[0]} | {ratios[1]} "
               f"| {record['peak_rss_bytes'] / 1e9:.2f} ({record['peak_anonymous_bytes'] / 1e9:.2f}) "
               f"| {record['output_bytes'] / 1e6:,.0f} "
               f"| {record['cache_bytes'] / 1e6:,.0f} |")
@@ -232,7 +254,7 @@ def run_command(args) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    parser.add_argument("--data_dir", type=Path, help="gpt2.tiktoken and the books (see above); required.")
     parser.add_argument("--tokens", default="10M,30M,100M", help="Corpus sizes in GPT-2 tokens, e.g. 10M,30M,100M.")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--pipelines", default=",".join(PIPELINES))
@@ -248,6 +270,8 @@ def main(argv=None):
     if args.run:
         return run_command(args)
 
+    if problem := argument_problem(args):
+        parser.error(problem)
     encoding = gpt2_encoding(str(args.data_dir / "gpt2.tiktoken"))
     sizes = sorted(parse_tokens(t) for t in args.tokens.split(","))
     records = []
