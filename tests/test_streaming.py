@@ -5,9 +5,12 @@ import numpy as np
 from support.corpus import DOCUMENTS, EOT, prepare_corpus, rows_of, split_on
 from support.tiny import TINY_BLOCK
 
+from preparation import streaming
 
-def test_streaming_mode_packs_the_stream_exactly(corpus, tmp_path, ranks_file, reference):
+
+def test_streaming_mode_packs_the_stream_exactly(corpus, tmp_path, ranks_file, reference, monkeypatch):
     one = prepare_corpus(corpus, tmp_path / "one", ranks_file, streaming=True, val_tokens=40, num_proc=1)
+    monkeypatch.setattr(streaming, "STREAM_BATCH_CHARS", 60)  # pieces of a few documents: the same rows
     two = prepare_corpus(corpus, tmp_path / "two", ranks_file, streaming=True, val_tokens=40, num_proc=2)
     assert one["splits"] == two["splits"]
     encoded = {text: [EOT] + reference.encode_ordinary(text) for text in DOCUMENTS}
@@ -26,3 +29,10 @@ def test_streaming_mode_packs_the_stream_exactly(corpus, tmp_path, ranks_file, r
         # only the stream's tail is dropped
         assert stats["dropped_tokens"] == stats["tokens"] - len(rows) * TINY_BLOCK <= TINY_BLOCK
     assert not seen[0] & seen[1]
+
+
+def test_the_stream_is_cut_into_pieces_of_whole_documents_within_the_character_limit(monkeypatch):
+    monkeypatch.setattr(streaming, "STREAM_BATCH_CHARS", 5)
+    batches = [{"text": ["aaaa", "bb"]}, {"text": []}, {"text": ["c", "dddddd", ""]}, {"text": ["ee"]}]
+    # bb+c is 3 characters, and dddddd (6) would take it past 5: alone, as a document longer than the limit is
+    assert list(streaming.text_pieces(iter(batches), "text")) == [["aaaa"], ["bb", "c"], ["dddddd"], ["", "ee"]]
