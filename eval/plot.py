@@ -41,7 +41,8 @@ def plot_run(log_path: Path, output: Path, baselines: dict[str, float], referenc
     run_name = "/".join(log_path.resolve().parent.parts[-2:])
     ax.set(xlabel="optimizer step", ylabel="loss (nats per token)", title=f"Loss: {run_name}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
+    if ax.get_legend_handles_labels()[0]:  # a run that logged no loss has no curve to name
+        ax.legend(loc="upper right")
     if has_hellaswag:
         ax = axes[0][1]
         steps = [r["step"] for r in records["hellaswag"]]

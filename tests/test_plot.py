@@ -1,5 +1,7 @@
 """eval/plot.py: a run's log drawn as curves."""
 
+import warnings
+
 from support.corpus import write_jsonl
 
 from eval import plot
@@ -13,3 +15,12 @@ def test_plot_draws_the_run(tmp_path):
     write_jsonl(log, records)
     out = plot.plot_run(log, tmp_path / "curves.png", {"baseline": 7.5})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_a_run_that_logged_no_loss_is_drawn_without_a_warning(tmp_path):
+    log = tmp_path / "log.jsonl"
+    write_jsonl(log, [{"type": "setup", "step": 0}])  # --log_every -1 --eval_every -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a legend with nothing to name
+        out = plot.plot_run(log, tmp_path / "curves.png", {})
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
