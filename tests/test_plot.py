@@ -21,6 +21,6 @@ def test_a_run_that_logged_no_loss_is_drawn_without_a_warning(tmp_path):
     log = tmp_path / "log.jsonl"
     write_jsonl(log, [{"type": "setup", "step": 0}])  # --log_every -1 --eval_every -1
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # matplotlib warns of a legend with nothing to name
+        warnings.simplefilter("error", UserWarning)  # matplotlib's, of a legend with nothing to name
         out = plot.plot_run(log, tmp_path / "curves.png", {})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
